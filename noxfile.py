@@ -1,0 +1,57 @@
+"""Developer and CI sessions for eventproxy.
+
+``nox -s tests`` is the command CI runs (through ``.ci/run``). Each session installs what it
+needs into its own virtualenv, so a fresh machine with Python 3.11+ and nox is enough.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+PYTHON = os.environ.get("EVENTPROXY_NOX_PYTHON") or None  # None: the python running nox
+
+# Fast, pure tests first; real-service tests (etcd, traefik, JupyterHub, node) after them.
+TEST_TIERS = ["tests/core", "tests/dataplane", "tests/integration"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite, fast tier first (CI's command)."""
+    session.install("-e", ".[test,fast]")
+    args = session.posargs or [t for t in TEST_TIERS if os.path.isdir(t)]
+    session.run("pytest", *args, env={"PYTHONHASHSEED": "0"})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting check."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "src", "tests", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/."""
+    session.install("-e", ".[test,fast]", "mypy>=1.10")
+    session.run("mypy", "--strict", "src")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks; JSON and plots go to bench/results/."""
+    session.install("-e", ".[test,fast,demo]", "matplotlib>=3.8")
+    session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """A real JupyterHub behind eventproxy on 127.0.0.1."""
+    session.install("-e", ".[demo]")
+    session.run("eventproxy", "demo", *session.posargs)
