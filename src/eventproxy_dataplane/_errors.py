@@ -19,3 +19,27 @@ class RuleSyntaxError(DataPlaneError, ValueError):
 
 class ConfigSourceError(DataPlaneError):
     """A configuration source (file, etcd) could not be read; the last good config stays."""
+
+
+class SettingsError(DataPlaneError, ValueError):
+    """A proxy setting or a command-line option that cannot be used; the message names it."""
+
+
+class BackendError(DataPlaneError):
+    """A backend failed before or while answering; ``status`` is what the client gets."""
+
+    status = 502
+
+
+class BackendConnectError(BackendError):
+    """Connecting to the backend failed (refused, unreachable, name not resolved)."""
+
+
+class BackendTimeoutError(BackendError):
+    """The backend did not accept the connection or answer in time."""
+
+    status = 504
+
+
+class BackendProtocolError(BackendError):
+    """The backend closed, reset, or sent something that is not valid HTTP/1.1."""
