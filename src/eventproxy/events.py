@@ -1,0 +1,262 @@
+"""Route events, their envelope, and their msgpack encoding.
+
+Theory of operation
+-------------------
+The route log is a sequence of :class:`Record` values. A record is an envelope (schema version
+``v``, gap-free position ``seq`` starting at 1, UTC timestamp ``ts``, ``actor`` who wrote it)
+around one event: :class:`RouteAdded` or :class:`RouteRemoved`. Events validate themselves on
+construction, so a record that exists is a record that can be routed; nothing downstream checks
+again.
+
+Encoding is msgpack, one map per record with the keys ``v seq ts actor type`` plus the event's
+fields; ``ts`` uses msgpack's standard Timestamp extension. Decoding is strict: an unknown schema
+version, a missing or mistyped field, or an event that fails validation raises
+:class:`~eventproxy.CorruptLogError` (or :class:`~eventproxy.UnsupportedSchemaError`) naming the
+position; nothing is skipped. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final, TypeAlias
+from urllib.parse import urlsplit
+
+import msgpack
+
+from ._errors import (
+    CorruptLogError,
+    InvalidRouteDataError,
+    InvalidRoutespecError,
+    UnsupportedSchemaError,
+)
+from .routespec import validate_routespec
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Event",
+    "Record",
+    "RouteAdded",
+    "RouteRemoved",
+    "decode_record",
+    "encode_record",
+    "now_utc",
+    "record_from_wire",
+    "record_to_wire",
+]
+
+SCHEMA_VERSION: Final = 1
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+_MAX_DEPTH: Final = 32
+
+RouteData: TypeAlias = dict[str, Any]
+
+
+def copy_data(value: Any) -> Any:
+    """A deep copy of route data (only dicts and lists are mutable in it); faster than deepcopy."""
+    if isinstance(value, dict):
+        return {k: copy_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_data(v) for v in value]
+    return value
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_value(value: object, where: str, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise InvalidRouteDataError(f"route data nested deeper than {_MAX_DEPTH} at {where}")
+    if value is None or isinstance(value, bool | str | bytes):
+        return
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidRouteDataError(f"route data integer out of range at {where}: {value}")
+        return
+    if isinstance(value, float):
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_value(item, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRouteDataError(
+                    f"route data keys must be str; {where} has key {key!r} "
+                    f"({type(key).__name__})"
+                )
+            _check_value(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise InvalidRouteDataError(
+        f"route data at {where} is a {type(value).__name__}; only None, bool, int, float, str, "
+        "bytes, list and dict with str keys are stored unchanged"
+    )
+
+
+def _check_target(target: object) -> str:
+    if not isinstance(target, str):
+        raise InvalidRouteDataError(f"route target must be a str, not {type(target).__name__}")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
+        raise InvalidRouteDataError(
+            f"route target {target!r} contains whitespace or a control character"
+        )
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRouteDataError(
+            f"route target {target!r} must be an absolute http:// or https:// URL with a host"
+        )
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise InvalidRouteDataError(f"route target {target!r}: {exc}") from None
+    if parts.query or parts.fragment:
+        raise InvalidRouteDataError(f"route target {target!r} must not carry a query or fragment")
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAdded:
+    """A route was added (or replaced): requests under ``routespec`` go to ``target``."""
+
+    routespec: str
+    target: str
+    data: RouteData = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routespec", validate_routespec(self.routespec))
+        _check_target(self.target)
+        if not isinstance(self.data, dict):
+            raise InvalidRouteDataError(
+                f"route data must be a dict, not {type(self.data).__name__}"
+            )
+        _check_value(self.data, "data", 0)
+        object.__setattr__(self, "data", copy_data(self.data))
+
+    kind: ClassVar[str] = "route_added"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRemoved:
+    """The route ``routespec`` was removed (removing an absent route is a no-op in the fold)."""
+
+    routespec: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routespec", validate_routespec(self.routespec))
+
+    kind: ClassVar[str] = "route_removed"
+
+
+Event: TypeAlias = RouteAdded | RouteRemoved
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An event at its position in the log."""
+
+    seq: int
+    ts: datetime
+    actor: str
+    event: Event
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seq, int) or isinstance(self.seq, bool) or self.seq < 1:
+            raise ValueError(f"record seq must be a positive int, not {self.seq!r}")
+        if not isinstance(self.ts, datetime) or self.ts.utcoffset() is None:
+            raise ValueError(f"record ts must be an aware datetime, not {self.ts!r}")
+        if not isinstance(self.actor, str):
+            raise ValueError(f"record actor must be a str, not {type(self.actor).__name__}")
+
+
+# -- wire form ---------------------------------------------------------------------------------
+
+
+def record_to_wire(record: Record) -> dict[str, Any]:
+    """The msgpack-ready map of a record."""
+    event = record.event
+    wire: dict[str, Any] = {
+        "v": record.v,
+        "seq": record.seq,
+        "ts": msgpack.Timestamp.from_datetime(record.ts),
+        "actor": record.actor,
+    }
+    if isinstance(event, RouteAdded):
+        wire["type"] = RouteAdded.kind
+        wire["routespec"] = event.routespec
+        wire["target"] = event.target
+        wire["data"] = event.data
+    else:
+        wire["type"] = RouteRemoved.kind
+        wire["routespec"] = event.routespec
+    return wire
+
+
+def _field(wire: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in wire:
+        raise CorruptLogError(f"{where}: field {name!r} is missing")
+    value = wire[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise CorruptLogError(f"{where}: field {name!r} has type {type(value).__name__}")
+    return value
+
+
+def record_from_wire(wire: object, *, where: str = "record") -> Record:
+    """Rebuild a record from its decoded map, checking every field; ``where`` names the position."""
+    if not isinstance(wire, dict):
+        raise CorruptLogError(f"{where}: expected a map, found {type(wire).__name__}")
+    version = _field(wire, "v", int, where)
+    if version != SCHEMA_VERSION:
+        raise UnsupportedSchemaError(
+            f"{where}: schema version {version} is not supported (this eventproxy reads "
+            f"version {SCHEMA_VERSION}); upgrade eventproxy to read this log"
+        )
+    seq = _field(wire, "seq", int, where)
+    ts = _field(wire, "ts", msgpack.Timestamp, where).to_datetime()
+    actor = _field(wire, "actor", str, where)
+    kind = _field(wire, "type", str, where)
+    where = f"{where} (seq {seq})"
+    try:
+        event: Event
+        if kind == "route_added":
+            event = RouteAdded(
+                _field(wire, "routespec", str, where),
+                _field(wire, "target", str, where),
+                _field(wire, "data", dict, where),
+            )
+        elif kind == "route_removed":
+            event = RouteRemoved(_field(wire, "routespec", str, where))
+        else:
+            raise CorruptLogError(f"{where}: unknown event type {kind!r}", seq=seq)
+        return Record(seq=seq, ts=ts, actor=actor, event=event, v=version)
+    except (InvalidRoutespecError, InvalidRouteDataError, ValueError) as exc:
+        if isinstance(exc, CorruptLogError):
+            raise
+        raise CorruptLogError(f"{where}: invalid event: {exc}", seq=seq) from exc
+
+
+def packb(obj: object) -> bytes:
+    """msgpack with the options every eventproxy record uses."""
+    out = msgpack.packb(obj, use_bin_type=True, datetime=False)
+    assert isinstance(out, bytes)
+    return out
+
+
+def unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=0)
+
+
+def encode_record(record: Record) -> bytes:
+    return packb(record_to_wire(record))
+
+
+def decode_record(data: bytes, *, where: str = "record") -> Record:
+    try:
+        wire = unpackb(data)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CorruptLogError(f"{where}: not a msgpack record: {exc}") from exc
+    return record_from_wire(wire, where=where)

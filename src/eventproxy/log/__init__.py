@@ -1,0 +1,61 @@
+"""Route log backends, selected by URL (``memory://``, ``file:///path``, ``etcd://...``)."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from .._errors import InvalidLogURLError
+from ._base import CompactionResult, LocalRouteLog, RouteLog
+from .file import FileRouteLog
+from .memory import MemoryRouteLog, forget_memory_logs
+
+__all__ = [
+    "CompactionResult",
+    "FileRouteLog",
+    "LocalRouteLog",
+    "MemoryRouteLog",
+    "RouteLog",
+    "file_path_from_url",
+    "forget_memory_logs",
+    "open_log",
+]
+
+
+def file_path_from_url(url: str) -> str:
+    """The path of a ``file:`` URL: ``file:///abs/path`` or ``file:relative/path``."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        raise InvalidLogURLError(f"log URL {url!r} is not a file: URL")
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidLogURLError(
+            f"log URL {url!r}: file URLs name a local path (file:///abs/path or file:rel/path), "
+            f"not a host ({parts.netloc!r})"
+        )
+    if parts.query or parts.fragment:
+        raise InvalidLogURLError(f"log URL {url!r} must not have a query or fragment")
+    path = unquote(parts.path)
+    if not path:
+        raise InvalidLogURLError(f"log URL {url!r} names no file")
+    return path
+
+
+async def open_log(url: str, *, readonly: bool = False) -> RouteLog:
+    """Open the route log that ``url`` names; ``readonly`` takes no writer lock (file logs)."""
+    if not isinstance(url, str) or "://" not in url and not url.startswith("file:"):
+        raise InvalidLogURLError(
+            f"log URL {url!r} must look like memory://, file:///path/routes.log or "
+            "etcd://host:2379/prefix"
+        )
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "memory":
+        parts = urlsplit(url)
+        return MemoryRouteLog(parts.netloc + parts.path)
+    if scheme == "file":
+        return await FileRouteLog.open(file_path_from_url(url), readonly=readonly)
+    if scheme in ("etcd", "etcds"):
+        raise InvalidLogURLError(
+            f"log URL {url!r}: the etcd backend is not available in this version of eventproxy"
+        )
+    raise InvalidLogURLError(
+        f"log URL {url!r}: unknown scheme {scheme!r} (use memory://, file:// or etcd://)"
+    )

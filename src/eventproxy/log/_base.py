@@ -1,0 +1,277 @@
+"""The RouteLog port and the in-memory state every local backend shares.
+
+Theory of operation
+-------------------
+A route log holds, in order: an optional base :class:`~eventproxy.snapshot.Snapshot` (written by
+compaction) and the records after it, with gap-free ``seq`` numbers starting at 1. ``head`` is
+the last seq (0 for an empty log). Records before the snapshot may have been dropped;
+``first_available`` is the first seq that :meth:`RouteLog.read` can still return.
+
+* ``append(events)`` assigns the next seqs to a batch and makes it durable whole or not at all;
+  it returns the seqs only after that. A failed append leaves the log exactly as before.
+* ``read(from_seq)`` returns stored records; ``watch(from_seq)`` is an async iterator that yields
+  stored records and then new ones as they are appended. It pulls from the log at the consumer's
+  pace (no unbounded queue), so a slow consumer costs nothing and misses nothing — unless
+  compaction drops records it has not read yet, which raises :class:`CompactedError`.
+* ``compact(retention)`` folds the records older than the retention into a new snapshot and
+  drops them; replay from snapshot + tail always equals replay from zero.
+
+Backends implement persistence hooks; this module keeps the state machine (and its checks) in
+one place.
+"""
+
+from __future__ import annotations
+
+import abc
+import bisect
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+
+from .._errors import AppendConflictError, CompactedError, LogClosedError
+from ..events import Event, Record, now_utc
+from ..snapshot import Snapshot
+from ..table import RouteTable, fold_all
+
+__all__ = ["CompactionResult", "LocalRouteLog", "RouteLog"]
+
+_READ_CHUNK = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionResult:
+    snapshot_seq: int  # the new base snapshot's seq (unchanged if nothing was old enough)
+    dropped: int  # records dropped
+    retained: int  # records kept after the snapshot
+
+
+class RouteLog(abc.ABC):
+    """The port every route log backend implements."""
+
+    url: str
+
+    @abc.abstractmethod
+    async def append(
+        self, events: Sequence[Event], *, actor: str = "eventproxy",
+        expected_head: int | None = None,
+    ) -> list[int]:
+        """Append ``events`` as one atomic batch; return their seqs once durable.
+
+        With ``expected_head`` the batch is appended only if the log's head is still that seq,
+        else :class:`AppendConflictError` (optimistic concurrency for several writers).
+        """
+
+    @abc.abstractmethod
+    async def read(self, from_seq: int = 1, *, limit: int | None = None) -> list[Record]:
+        """Stored records with seq >= ``from_seq`` (``CompactedError`` if already dropped)."""
+
+    @abc.abstractmethod
+    def watch(self, from_seq: int = 1) -> AsyncIterator[Record]:
+        """Every record from ``from_seq`` on, waiting for new ones; ends when the log closes."""
+
+    @abc.abstractmethod
+    async def head(self) -> int:
+        """The seq of the last record (0 when empty)."""
+
+    @abc.abstractmethod
+    async def snapshot(self) -> Snapshot | None:
+        """The base snapshot written by the last compaction, if any."""
+
+    @abc.abstractmethod
+    async def compact(
+        self, *, retention: timedelta, now: datetime | None = None
+    ) -> CompactionResult:
+        """Snapshot the records older than ``retention`` and drop them."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the log's resources (locks, files, connections)."""
+
+    async def load_table(self, *, at: int | None = None) -> RouteTable:
+        """The table folded from the snapshot and the records (up to seq ``at`` if given)."""
+        base = await self.snapshot()
+        table = base.table if base is not None else RouteTable()
+        if at is not None and at < table.seq:
+            raise CompactedError(
+                f"seq {at} is before the oldest snapshot (seq {table.seq}); "
+                "records before it were compacted away",
+                first_available=table.seq,
+            )
+        records = await self.read(table.seq + 1)
+        if at is not None:
+            records = [r for r in records if r.seq <= at]
+        return fold_all(table, records)
+
+    async def __aenter__(self) -> RouteLog:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class LocalRouteLog(RouteLog):
+    """A log whose whole state lives in this process (memory and file backends).
+
+    Subclasses persist through :meth:`_persist_batch` and :meth:`_persist_compaction`, both of
+    which must either complete or leave storage unchanged and raise.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._snapshot: Snapshot | None = None
+        self._records: list[Record] = []
+        self._seqs: list[int] = []  # parallel to _records, for bisect
+        self._closed = False
+        self._lock: anyio.Lock | None = None
+        self._changed: anyio.Event | None = None
+
+    # -- state helpers ---------------------------------------------------------------------
+
+    @property
+    def _base_seq(self) -> int:
+        return self._snapshot.seq if self._snapshot is not None else 0
+
+    @property
+    def _head(self) -> int:
+        return self._records[-1].seq if self._records else self._base_seq
+
+    @property
+    def first_available(self) -> int:
+        return self._records[0].seq if self._records else self._head + 1
+
+    def _install(self, snapshot: Snapshot | None, records: list[Record]) -> None:
+        self._snapshot = snapshot
+        self._records = records
+        self._seqs = [r.seq for r in records]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"route log {self.url} is closed")
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def _slice(self, from_seq: int, limit: int | None) -> list[Record]:
+        from_seq = max(from_seq, 1)
+        if self._records and from_seq < self._records[0].seq or (
+            not self._records and from_seq <= self._base_seq
+        ):
+            raise CompactedError(
+                f"records before seq {self.first_available} of {self.url} were compacted into "
+                f"the snapshot at seq {self._base_seq}; read the snapshot first",
+                first_available=self.first_available,
+            )
+        start = bisect.bisect_left(self._seqs, from_seq)
+        stop = len(self._records) if limit is None else start + limit
+        return self._records[start:stop]
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _persist_batch(self, records: list[Record]) -> None: ...
+
+    @abc.abstractmethod
+    async def _persist_compaction(self, snapshot: Snapshot, records: list[Record]) -> None: ...
+
+    async def _refresh(self) -> None:
+        """Pick up changes made by another process (read-only file logs)."""
+
+    async def _wait_for_change(self, head: int) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        changed = self._changed
+        if self._head != head:
+            return
+        await changed.wait()
+
+    # -- the port --------------------------------------------------------------------------
+
+    async def append(
+        self, events: Sequence[Event], *, actor: str = "eventproxy",
+        expected_head: int | None = None,
+    ) -> list[int]:
+        self._check_open()
+        events = list(events)
+        if not events:
+            return []
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            self._check_open()
+            await self._refresh()
+            head = self._head
+            if expected_head is not None and expected_head != head:
+                raise AppendConflictError(
+                    f"{self.url}: expected head {expected_head}, but the log is at {head}"
+                )
+            ts = now_utc()
+            records = [
+                Record(seq=head + 1 + i, ts=ts, actor=actor, event=event)
+                for i, event in enumerate(events)
+            ]
+            await self._persist_batch(records)
+            self._records.extend(records)
+            self._seqs.extend(r.seq for r in records)
+        self._notify()
+        return [r.seq for r in records]
+
+    async def read(self, from_seq: int = 1, *, limit: int | None = None) -> list[Record]:
+        self._check_open()
+        await self._refresh()
+        return self._slice(from_seq, limit)
+
+    async def watch(self, from_seq: int = 1) -> AsyncIterator[Record]:
+        cursor = max(from_seq, 1)
+        while not self._closed:
+            await self._refresh()
+            batch = self._slice(cursor, _READ_CHUNK)
+            if batch:
+                for record in batch:
+                    yield record
+                cursor = batch[-1].seq + 1
+                continue
+            await self._wait_for_change(cursor - 1)
+
+    async def head(self) -> int:
+        self._check_open()
+        await self._refresh()
+        return self._head
+
+    async def snapshot(self) -> Snapshot | None:
+        self._check_open()
+        await self._refresh()
+        return self._snapshot
+
+    async def compact(
+        self, *, retention: timedelta, now: datetime | None = None
+    ) -> CompactionResult:
+        self._check_open()
+        if retention < timedelta(0):
+            raise ValueError(f"retention must not be negative, got {retention}")
+        cutoff = (now or now_utc()) - retention
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            self._check_open()
+            await self._refresh()
+            old = 0
+            while old < len(self._records) and self._records[old].ts <= cutoff:
+                old += 1
+            if old == 0:
+                return CompactionResult(self._base_seq, 0, len(self._records))
+            base = self._snapshot.table if self._snapshot is not None else RouteTable()
+            table = fold_all(base, self._records[:old])
+            snapshot = Snapshot(ts=now_utc(), table=table)
+            kept = self._records[old:]
+            await self._persist_compaction(snapshot, kept)
+            self._install(snapshot, kept)
+        self._notify()
+        return CompactionResult(snapshot.seq, old, len(kept))
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._notify()

@@ -1,0 +1,343 @@
+"""``file:///path/to/routes.log``: an append-only, fsync'd route log in one local file.
+
+Theory of operation
+-------------------
+The file is the 16-byte header plus frames (see :mod:`._framing`): at most one snapshot frame
+first (after a compaction), then one frame per appended batch. The whole log is also kept in
+memory (it is the routing table's history; compaction bounds it).
+
+* **One writer.** A writer holds an exclusive ``flock`` on ``<path>.lock`` (which records its
+  PID) for as long as it is open; a second writer fails at once with :class:`LogLockedError`
+  naming the holder. Readers (``readonly=True``, e.g. the CLI) take no lock and never modify
+  the file.
+* **Durability.** ``append`` writes one frame and fsyncs the file before it returns; a new file
+  and a compacted file are written under a temporary name, fsync'd, renamed into place, and the
+  directory is fsync'd.
+* **Recovery.** A writer that opens a file ending in a torn frame (a crash during an append
+  that therefore never returned) truncates it and logs a warning with the byte count. Damage
+  anywhere else is refused with :class:`CorruptLogError` and the byte offset: an operator
+  decides, eventproxy never guesses.
+* **No half-applied appends.** If a write or fsync fails, the file is truncated back to its
+  previous length before the error is raised; if even that fails, the log refuses further
+  appends until it is reopened (and recovered).
+
+All blocking file-system calls run in a worker thread (``anyio.to_thread``), so the event loop
+never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .._errors import CorruptLogError, LogError, LogLockedError, LogUnavailableError
+from ..events import Record, packb, record_from_wire, record_to_wire, unpackb
+from ..snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
+from ._base import LocalRouteLog
+from ._framing import FILE_MAGIC, encode_frame, scan
+
+__all__ = ["FileRouteLog"]
+
+log = logging.getLogger("eventproxy.log")
+
+_FRAME_RECORDS = 4096  # records per frame when compaction rewrites the tail
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _batch_payload(records: Iterable[Record]) -> bytes:
+    return packb({"type": "batch", "records": [record_to_wire(r) for r in records]})
+
+
+class FileRouteLog(LocalRouteLog):
+    """A route log in a local file. Use :meth:`open`."""
+
+    def __init__(self, path: Path, *, readonly: bool, fsync: bool, poll_interval: float) -> None:
+        super().__init__(f"file://{path}")
+        self.path = path
+        self.readonly = readonly
+        self._fsync = fsync
+        self.poll_interval = poll_interval
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._size = 0  # bytes of complete frames (incl. the file header)
+        self._inode: int | None = None
+        self._broken: str | None = None
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], *, readonly: bool = False, fsync: bool = True,
+        poll_interval: float = 0.1,
+    ) -> FileRouteLog:
+        """Open (a writer creates the file if needed), recover a torn tail, load the records."""
+        self = cls(Path(path).absolute(), readonly=readonly, fsync=fsync,
+                   poll_interval=poll_interval)
+        await anyio.to_thread.run_sync(self._open_sync)
+        return self
+
+    # -- opening and loading ---------------------------------------------------------------
+
+    def _open_sync(self) -> None:
+        try:
+            if self.readonly:
+                if not self.path.exists():
+                    raise LogUnavailableError(f"route log {self.path} does not exist")
+                self._load_sync(recover=False)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._take_lock_sync()
+            try:
+                if not self.path.exists():
+                    self._create_sync()
+                self._load_sync(recover=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except BaseException:
+                self._release_sync()
+                raise
+        except OSError as exc:
+            raise LogUnavailableError(f"route log {self.path}: {exc.strerror or exc}") from exc
+
+    def _take_lock_sync(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LogLockedError(
+                    f"route log {self.path} is already open for writing by another writer "
+                    f"(pid {holder}, lock file {lock_path}); only one writer at a time — stop "
+                    "it, or open the log read-only"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _create_sync(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, FILE_MAGIC)
+            if self._fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        if self._fsync:
+            _fsync_dir(self.path.parent)
+
+    def _load_sync(self, *, recover: bool) -> None:
+        with open(self.path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            data = f.read()
+        if len(data) < len(FILE_MAGIC) or not data.startswith(FILE_MAGIC):
+            raise CorruptLogError(
+                f"{self.path} is not an eventproxy route log (bad file header at byte offset 0)",
+                offset=0,
+            )
+        result = scan(data, len(FILE_MAGIC))
+        snapshot, records = self._decode_frames(result.frames, None, [])
+        if result.torn_bytes:
+            if recover:
+                log.warning(
+                    "route log %s: dropping a torn tail of %d bytes at byte offset %d (an "
+                    "append interrupted by a crash, never acknowledged); %d records kept",
+                    self.path, result.torn_bytes, result.valid_end, len(records),
+                )
+                with open(self.path, "r+b") as f:
+                    f.truncate(result.valid_end)
+                    if self._fsync:
+                        os.fsync(f.fileno())
+            else:
+                log.debug("route log %s: ignoring %d bytes being written", self.path,
+                          result.torn_bytes)
+        self._install(snapshot, records)
+        self._size = result.valid_end
+        self._inode = stat.st_ino
+
+    def _decode_frames(
+        self, frames: Iterable[Any], snapshot: Snapshot | None, records: list[Record]
+    ) -> tuple[Snapshot | None, list[Record]]:
+        head = records[-1].seq if records else (snapshot.seq if snapshot else 0)
+        first = not records and snapshot is None
+        for frame in frames:
+            where = f"{self.path} at byte offset {frame.offset}"
+            try:
+                wire = unpackb(frame.payload)
+            except Exception as exc:
+                raise CorruptLogError(f"{where}: undecodable frame: {exc}",
+                                      offset=frame.offset) from exc
+            kind = wire.get("type") if isinstance(wire, dict) else None
+            if kind == "snapshot" and first:
+                snapshot = self._with_offset(snapshot_from_wire, wire, where, frame.offset)
+                head = snapshot.seq
+            elif kind == "batch" and isinstance(wire.get("records"), list) and wire["records"]:
+                for item in wire["records"]:
+                    record = self._with_offset(record_from_wire, item, where, frame.offset)
+                    if record.seq != head + 1:
+                        raise CorruptLogError(
+                            f"{where}: sequence gap, expected seq {head + 1}, found {record.seq}",
+                            offset=frame.offset, seq=record.seq,
+                        )
+                    records.append(record)
+                    head = record.seq
+            else:
+                raise CorruptLogError(f"{where}: unexpected frame (type {kind!r})",
+                                      offset=frame.offset)
+            first = False
+        return snapshot, records
+
+    @staticmethod
+    def _with_offset(decode: Any, wire: object, where: str, offset: int) -> Any:
+        try:
+            return decode(wire, where=where)
+        except CorruptLogError as exc:
+            if exc.offset is None:
+                exc.offset = offset
+            raise
+
+    # -- read-only refresh -----------------------------------------------------------------
+
+    async def _refresh(self) -> None:
+        if not self.readonly or self._closed:
+            return
+        await anyio.to_thread.run_sync(self._refresh_sync)
+
+    def _refresh_sync(self) -> None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return  # being replaced by a compaction; the next look will find it
+        if stat.st_ino != self._inode or stat.st_size < self._size:
+            self._load_sync(recover=False)
+            return
+        if stat.st_size == self._size:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._size)
+            data = f.read()
+        result = scan(data, 0)
+        frames = [type(fr)(fr.offset + self._size, fr.payload) for fr in result.frames]
+        snapshot, records = self._decode_frames(frames, self._snapshot, list(self._records))
+        self._install(snapshot, records)
+        self._size += result.valid_end
+
+    async def _wait_for_change(self, head: int) -> None:
+        if not self.readonly:
+            await super()._wait_for_change(head)
+            return
+        # Another process writes: look at the file again after a short interval.
+        await anyio.sleep(self.poll_interval)
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def _check_writable(self) -> int:
+        if self.readonly or self._fd is None:
+            raise LogError(f"route log {self.path} is open read-only")
+        if self._broken is not None:
+            raise LogUnavailableError(
+                f"route log {self.path} refuses appends after a failed write ({self._broken}); "
+                "reopen it to recover"
+            )
+        return self._fd
+
+    async def _persist_batch(self, records: list[Record]) -> None:
+        fd = self._check_writable()
+        frame = encode_frame(_batch_payload(records))
+        await anyio.to_thread.run_sync(self._append_sync, fd, frame)
+
+    def _append_sync(self, fd: int, frame: bytes) -> None:
+        before = self._size
+        try:
+            _write_all(fd, frame)
+            if self._fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, before)
+                if self._fsync:
+                    os.fsync(fd)
+            except OSError as undo_exc:
+                self._broken = f"{exc}; undo failed: {undo_exc}"
+            raise LogUnavailableError(
+                f"route log {self.path}: append failed and was rolled back: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        self._size = before + len(frame)
+
+    async def _persist_compaction(self, snapshot: Snapshot, records: list[Record]) -> None:
+        self._check_writable()
+        await anyio.to_thread.run_sync(self._compact_sync, snapshot, records)
+
+    def _compact_sync(self, snapshot: Snapshot, records: list[Record]) -> None:
+        tmp = self.path.with_name(self.path.name + ".compact")
+        parts = [FILE_MAGIC, encode_frame(packb(snapshot_to_wire(snapshot)))]
+        for i in range(0, len(records), _FRAME_RECORDS):
+            parts.append(encode_frame(_batch_payload(records[i : i + _FRAME_RECORDS])))
+        data = b"".join(parts)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, data)
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise LogUnavailableError(
+                f"route log {self.path}: compaction failed, log unchanged: {exc.strerror or exc}"
+            ) from exc
+        if self._fsync:
+            _fsync_dir(self.path.parent)
+        new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        old_fd, self._fd = self._fd, new_fd
+        if old_fd is not None:
+            os.close(old_fd)
+        self._size = len(data)
+        self._inode = os.fstat(new_fd).st_ino
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _release_sync(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        await super().aclose()
+        self._release_sync()

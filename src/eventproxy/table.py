@@ -1,0 +1,107 @@
+"""The routing table: a projection (fold) of the route log.
+
+``fold(table, record)`` is a pure function: it returns a new :class:`RouteTable` and never
+changes its argument. ``fold_all`` folds many records with one copy, for replay speed; it is
+equivalent to folding them one at a time (a property the tests check).
+
+A table remembers ``seq``, the position of the last record folded into it, and refuses a record
+that is not the next one: the log is gap-free, so a gap means a bug or a damaged log, never
+something to paper over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from ._errors import CorruptLogError
+from .events import Record, RouteAdded, copy_data
+
+__all__ = ["RouteEntry", "RouteTable", "fold", "fold_all"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    """One route as JupyterHub sees it; ``data`` keeps its types (a bool stays a bool)."""
+
+    routespec: str
+    target: str
+    data: dict[str, Any]
+    seq: int  # the record that set this route
+
+    def as_jupyterhub(self) -> dict[str, Any]:
+        """``{routespec, target, data}`` with a copy of ``data`` the caller may change."""
+        return {"routespec": self.routespec, "target": self.target, "data": copy_data(self.data)}
+
+
+class RouteTable(Mapping[str, RouteEntry]):
+    """An immutable map routespec → :class:`RouteEntry`, at log position ``seq``."""
+
+    __slots__ = ("_routes", "seq")
+
+    def __init__(self, routes: Mapping[str, RouteEntry] | None = None, seq: int = 0) -> None:
+        self._routes: Mapping[str, RouteEntry] = MappingProxyType(dict(routes or {}))
+        self.seq = seq
+
+    @classmethod
+    def _adopt(cls, routes: dict[str, RouteEntry], seq: int) -> RouteTable:
+        table = cls.__new__(cls)
+        table._routes = MappingProxyType(routes)
+        table.seq = seq
+        return table
+
+    def __getitem__(self, routespec: str) -> RouteEntry:
+        return self._routes[routespec]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._routes)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RouteTable):
+            return NotImplemented
+        return self.seq == other.seq and dict(self._routes) == dict(other._routes)
+
+    def __hash__(self) -> int:  # pragma: no cover - tables are not meant as dict keys
+        raise TypeError("RouteTable is unhashable")
+
+    def __repr__(self) -> str:
+        return f"RouteTable(seq={self.seq}, routes={len(self)})"
+
+    def targets(self) -> dict[str, str]:
+        """routespec → target, the part that decides routing."""
+        return {spec: entry.target for spec, entry in self._routes.items()}
+
+
+def _apply(routes: dict[str, RouteEntry], seq: int, record: Record) -> None:
+    if record.seq != seq + 1:
+        raise CorruptLogError(
+            f"sequence gap: table is at seq {seq}, next record has seq {record.seq}",
+            seq=record.seq,
+        )
+    event = record.event
+    if isinstance(event, RouteAdded):
+        routes[event.routespec] = RouteEntry(event.routespec, event.target, event.data, record.seq)
+    else:
+        routes.pop(event.routespec, None)
+
+
+def fold(table: RouteTable, record: Record) -> RouteTable:
+    """The table after ``record``."""
+    routes = dict(table._routes)
+    _apply(routes, table.seq, record)
+    return RouteTable._adopt(routes, record.seq)
+
+
+def fold_all(table: RouteTable, records: Iterable[Record]) -> RouteTable:
+    """The table after every record in order; same result as repeated :func:`fold`."""
+    routes = dict(table._routes)
+    seq = table.seq
+    for record in records:
+        _apply(routes, seq, record)
+        seq = record.seq
+    return RouteTable._adopt(routes, seq)
