@@ -43,3 +43,7 @@ class BackendTimeoutError(BackendError):
 
 class BackendProtocolError(BackendError):
     """The backend closed, reset, or sent something that is not valid HTTP/1.1."""
+
+
+class InvalidConfigError(DataPlaneError, ValueError):
+    """A configuration value (server URL, router or service field) that cannot be used."""

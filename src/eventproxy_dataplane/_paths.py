@@ -1,0 +1,97 @@
+"""Request targets and Host headers, reduced to what routing compares: a host and path segments.
+
+Theory of operation: pure functions, on the hot path of every request. ``parse_target`` splits a
+request-target as received (bytes, percent-encoded, maybe with ``?query``) into its decoded path
+segments. The path is split on the *raw* ``/`` first and each segment is percent-decoded after,
+so an encoded slash (``%2F``) stays a character inside its segment and can never act as a
+separator: ``/user/alice%2Fx`` is the two segments ``user``, ``alice/x``. Every other
+percent-encoding is decoded (``%24`` is ``$``, ``%C3%A9`` is ``é``, ``%23%3F`` is ``#?``), so a
+rule written with the decoded path matches every spelling of it.
+
+Targets that a backend could resolve to a different path than the one we route on are refused
+(``None``; the server answers 404) instead of being rewritten, because the data plane forwards
+the target unchanged: dot segments (``.``/``..``, also as ``%2e``), empty segments (``//``),
+a raw ``#``, bad percent-encodings, and anything that is not origin-form (``/...``) or
+absolute-form (``http://host/...``). See ``docs/dataplane-rules.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["canonical_host", "parse_target"]
+
+_BAD_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_DOTS: Final = frozenset((".", ".."))
+
+
+def _decode_segment(raw: bytes) -> str | None:
+    if b"%" in raw:
+        if _BAD_PERCENT.search(raw):
+            return None
+        raw = unquote_to_bytes(raw)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_target(target: bytes) -> tuple[str | None, tuple[str, ...]] | None:
+    """``(authority host or None, decoded path segments)`` or ``None`` for a refused target.
+
+    ``b"/a/b/?q"`` -> ``(None, ("a", "b", ""))``; ``b"http://h:80/x"`` -> ``("h:80", ("x",))``.
+    """
+    authority: str | None = None
+    if not target.startswith(b"/"):
+        lowered = target[:8].lower()
+        if lowered.startswith(b"http://"):
+            rest = target[7:]
+        elif lowered.startswith(b"https://"):
+            rest = target[8:]
+        else:
+            return None
+        slash = rest.find(b"/")
+        query = rest.find(b"?")
+        if slash < 0 or (0 <= query < slash):
+            return None
+        authority = rest[:slash].decode("latin-1")
+        target = rest[slash:]
+    q = target.find(b"?")
+    path = target if q < 0 else target[:q]
+    if b"#" in path:
+        return None
+    raw_segments = path.split(b"/")[1:]
+    if b"%" not in path:
+        text = path.decode("utf-8", "surrogateescape")
+        segments = tuple(text.split("/")[1:])
+        if "." in text:
+            for s in segments:
+                if s in _DOTS:
+                    return None
+    else:
+        decoded = []
+        for raw in raw_segments:
+            seg = _decode_segment(raw)
+            if seg is None or seg in _DOTS:
+                return None
+            decoded.append(seg)
+        segments = tuple(decoded)
+    if "" in segments[:-1]:
+        return None
+    return authority, segments
+
+
+def canonical_host(host: str | None) -> str | None:
+    """Lower-case, without port and without one trailing dot: what ``Host(...)`` compares."""
+    if host is None:
+        return None
+    h = host.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        h = h[1:end] if end > 0 else h
+    else:
+        colon = h.rfind(":")
+        if colon >= 0 and (colon == len(h) - 1 or h[colon + 1:].isdigit()):
+            h = h[:colon]
+    if h.endswith("."):
+        h = h[:-1]
+    return h or None
