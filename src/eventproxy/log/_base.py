@@ -111,6 +111,40 @@ class RouteLog(abc.ABC):
         await self.aclose()
 
 
+class _Watch(AsyncIterator[Record]):
+    """A pull-based cursor over a local log: holds a position and a small read-ahead buffer only.
+
+    A class rather than an async generator, so that a consumer that stops early (``break``,
+    cancellation) leaves nothing to finalise.
+    """
+
+    __slots__ = ("_buffer", "_cursor", "_log")
+
+    def __init__(self, log: LocalRouteLog, cursor: int) -> None:
+        self._log = log
+        self._cursor = cursor
+        self._buffer: list[Record] = []
+
+    def __aiter__(self) -> _Watch:
+        return self
+
+    async def __anext__(self) -> Record:
+        log = self._log
+        while not self._buffer:
+            if log._closed:
+                raise StopAsyncIteration
+            await log._refresh()
+            batch = log._slice(self._cursor, _READ_CHUNK)
+            if batch:
+                batch.reverse()
+                self._buffer = batch
+                break
+            await log._wait_for_change(self._cursor - 1)
+        record = self._buffer.pop()
+        self._cursor = record.seq + 1
+        return record
+
+
 class LocalRouteLog(RouteLog):
     """A log whose whole state lives in this process (memory and file backends).
 
@@ -224,17 +258,8 @@ class LocalRouteLog(RouteLog):
         await self._refresh()
         return self._slice(from_seq, limit)
 
-    async def watch(self, from_seq: int = 1) -> AsyncIterator[Record]:
-        cursor = max(from_seq, 1)
-        while not self._closed:
-            await self._refresh()
-            batch = self._slice(cursor, _READ_CHUNK)
-            if batch:
-                for record in batch:
-                    yield record
-                cursor = batch[-1].seq + 1
-                continue
-            await self._wait_for_change(cursor - 1)
+    def watch(self, from_seq: int = 1) -> AsyncIterator[Record]:
+        return _Watch(self, max(from_seq, 1))
 
     async def head(self) -> int:
         self._check_open()

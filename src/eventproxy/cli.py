@@ -1,0 +1,314 @@
+"""The ``eventproxy`` command: inspect, audit, replay and compact route logs; run the demo and
+the data plane.
+
+Every subcommand takes ``--log-url`` (default: ``$EVENTPROXY_LOG_URL``, else
+``file:eventproxy-routes.log`` in the current directory, where JupyterHub keeps the log by
+default) and prints for people by default, or JSON with ``--json``. Reading commands open the
+log read-only, so they work while the hub is running; ``compact`` needs the writer lock and says
+so if the hub holds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import anyio
+
+from ._errors import EventProxyError
+from .events import Record, RouteAdded
+from .log import RouteLog, open_log
+from .routespec import validate_routespec
+from .table import RouteTable, fold_all
+
+__all__ = ["main"]
+
+DEFAULT_LOG_URL = "file:eventproxy-routes.log"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+# -- argument types ----------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 time; a time without a zone is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-27T10:00:00Z)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``0``, ``90s``, ``15m``, ``24h``, ``7d``, ``2w``."""
+    text = text.strip()
+    if text == "0":
+        return timedelta(0)
+    unit = text[-1:].lower()
+    try:
+        if unit not in _UNITS:
+            raise ValueError
+        amount = float(text[:-1])
+        if amount < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (use e.g. 0, 90s, 15m, 24h, 7d, 2w)"
+        ) from None
+    return timedelta(seconds=amount * _UNITS[unit])
+
+
+def parse_seq(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sequence number (0, 1, 2, ...)")
+    return value
+
+
+def parse_routespec_arg(text: str) -> str:
+    try:
+        return validate_routespec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return {"$base64": base64.b64encode(value).decode()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _dump(obj: object, out: TextIO) -> None:
+    json.dump(obj, out, default=_json_default, ensure_ascii=False, indent=2)
+    out.write("\n")
+
+
+def record_json(record: Record) -> dict[str, Any]:
+    event = record.event
+    item: dict[str, Any] = {
+        "seq": record.seq,
+        "ts": record.ts.isoformat(),
+        "actor": record.actor,
+        "v": record.v,
+        "type": event.kind,
+        "routespec": event.routespec,
+    }
+    if isinstance(event, RouteAdded):
+        item["target"] = event.target
+        item["data"] = event.data
+    return item
+
+
+def record_line(record: Record) -> str:
+    event = record.event
+    ts = record.ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(event, RouteAdded):
+        data = json.dumps(event.data, default=_json_default, ensure_ascii=False)
+        what = f"added    {event.routespec} -> {event.target} {data}"
+    else:
+        what = f"removed  {event.routespec}"
+    return f"{record.seq:>8}  {ts}  {record.actor:<12}  {what}"
+
+
+def table_json(table: RouteTable) -> dict[str, Any]:
+    return {
+        "seq": table.seq,
+        "routes": {
+            spec: {"routespec": e.routespec, "target": e.target, "data": e.data, "seq": e.seq}
+            for spec, e in sorted(table.items())
+        },
+    }
+
+
+def print_table(table: RouteTable, out: TextIO) -> None:
+    out.write(f"routing table at seq {table.seq}: {len(table)} route(s)\n")
+    for spec, entry in sorted(table.items()):
+        data = json.dumps(entry.data, default=_json_default, ensure_ascii=False)
+        out.write(f"  {spec} -> {entry.target} {data} (seq {entry.seq})\n")
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+async def _records(log: RouteLog) -> tuple[RouteTable, list[Record]]:
+    """The base table (snapshot or empty) and the records after it."""
+    base = await log.snapshot()
+    table = base.table if base is not None else RouteTable()
+    return table, await log.read(table.seq + 1)
+
+
+async def cmd_log(args: argparse.Namespace, out: TextIO) -> int:
+    log = await open_log(args.log_url, readonly=True)
+    async with log:
+        base, records = await _records(log)
+    selected = [
+        r for r in records
+        if (args.routespec is None or r.event.routespec == args.routespec)
+        and (args.since is None or r.ts >= args.since)
+        and (args.until is None or r.ts <= args.until)
+        and r.seq >= args.from_seq
+    ]
+    if args.limit is not None:
+        selected = selected[-args.limit :] if args.limit else []
+    if args.json:
+        _dump({"snapshot_seq": base.seq, "events": [record_json(r) for r in selected]}, out)
+        return 0
+    if base.seq:
+        out.write(f"(events up to seq {base.seq} were compacted into a snapshot)\n")
+    for record in selected:
+        out.write(record_line(record) + "\n")
+    if not selected:
+        out.write("no events match\n")
+    return 0
+
+
+async def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
+    log = await open_log(args.log_url, readonly=True)
+    async with log:
+        base, records = await _records(log)
+    spec = args.routespec
+    history = [r for r in records if r.event.routespec == spec]
+    current = fold_all(base, records)
+    at_snapshot = base.get(spec)
+    now = current.get(spec)
+    if args.json:
+        _dump(
+            {
+                "routespec": spec,
+                "snapshot": {"seq": base.seq, "route": at_snapshot.as_jupyterhub()
+                             if at_snapshot else None},
+                "events": [record_json(r) for r in history],
+                "current": now.as_jupyterhub() if now else None,
+                "head": current.seq,
+            },
+            out,
+        )
+        return 0
+    out.write(f"history of {spec}\n")
+    if base.seq:
+        state = f"{at_snapshot.target}" if at_snapshot else "absent"
+        out.write(f"  at snapshot seq {base.seq}: {state}\n")
+    for record in history:
+        out.write(record_line(record) + "\n")
+    if not history:
+        out.write("  no events for this routespec after the snapshot\n")
+    out.write(f"now (seq {current.seq}): {now.target if now else 'no route'}\n")
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    log = await open_log(args.log_url, readonly=True)
+    async with log:
+        if args.until is not None:
+            base, records = await _records(log)
+            # records are in seq order; the table as of a time stops at the first later one
+            cut = next((i for i, r in enumerate(records) if r.ts > args.until), len(records))
+            table = fold_all(base, records[:cut])
+        else:
+            head = await log.head()
+            at = head if args.at is None else args.at
+            if at > head:
+                raise EventProxyError(f"seq {at} is beyond the log's head (seq {head})")
+            table = await log.load_table(at=at)
+    if args.json:
+        _dump(table_json(table), out)
+    else:
+        print_table(table, out)
+    return 0
+
+
+async def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
+    log = await open_log(args.log_url)
+    async with log:
+        result = await log.compact(retention=args.retention)
+    if args.json:
+        _dump({"snapshot_seq": result.snapshot_seq, "dropped": result.dropped,
+               "retained": result.retained}, out)
+    elif result.dropped:
+        out.write(
+            f"compacted {result.dropped} event(s) into a snapshot at seq {result.snapshot_seq}; "
+            f"{result.retained} newer event(s) kept\n"
+        )
+    else:
+        out.write(f"nothing older than {args.retention} to compact; "
+                  f"{result.retained} event(s) kept\n")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eventproxy",
+        description="eventproxy: an event-sourced, highly-available proxy for JupyterHub.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "--log-url",
+            default=os.environ.get("EVENTPROXY_LOG_URL", DEFAULT_LOG_URL),
+            help="route log: memory://, file:///path/routes.log or etcd://host:2379/prefix "
+            "(default: $EVENTPROXY_LOG_URL or %(default)s)",
+        )
+        p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("log", cmd_log, "List route events.")
+    p.add_argument("--routespec", type=parse_routespec_arg, help="only this routespec")
+    p.add_argument("--since", type=parse_time, help="only events at or after this time")
+    p.add_argument("--until", type=parse_time, help="only events at or before this time")
+    p.add_argument("--from-seq", type=parse_seq, default=0, help="only events from this seq on")
+    p.add_argument("--limit", type=parse_seq, help="only the last N matching events")
+
+    p = add("audit", cmd_audit, "The history of one route.")
+    p.add_argument("routespec", type=parse_routespec_arg, help="e.g. /user/alice/")
+
+    p = add("replay", cmd_replay, "The routing table at a point in the log.")
+    at = p.add_mutually_exclusive_group()
+    at.add_argument("--at", type=parse_seq, help="the table after this seq (default: head)")
+    at.add_argument("--until", type=parse_time, help="the table as of this time")
+
+    p = add("compact", cmd_compact,
+            "Snapshot the table and drop events older than the retention.")
+    p.add_argument("--retention", type=parse_duration, default=timedelta(days=30),
+                   help="keep events younger than this (e.g. 7d, 24h, 0; default 30d)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    stream = out if out is not None else sys.stdout
+    try:
+        result: int = anyio.run(args.func, args, stream)
+    except EventProxyError as exc:
+        print(f"eventproxy {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
