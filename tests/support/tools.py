@@ -5,7 +5,7 @@ machine's own ``npm``; nothing is installed globally. System tools (``wrk``) are
 a missing one raises :class:`ToolMissing` naming the tool and how to install it.
 
 This module uses the standard library only, so ``.ci/run`` can call it before any virtualenv
-exists: ``python3 tests/support/tools.py install-chp``.
+exists: ``python3 tests/support/tools.py ensure-chp`` (installs only when missing).
 """
 
 from __future__ import annotations
@@ -91,7 +91,10 @@ def ensure_chp() -> Path:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"install-chp": lambda: print(install_chp(quiet=False))}
+    commands = {
+        "install-chp": lambda: print(install_chp(quiet=False)),
+        "ensure-chp": lambda: print(chp_path() or install_chp(quiet=False)),
+    }
     if len(argv) != 1 or argv[0] not in commands:
         print(f"usage: tools.py {{{','.join(commands)}}}", file=sys.stderr)
         return 2
