@@ -89,7 +89,8 @@ class ServiceSpec:
             isinstance(s, ServerSpec) for s in self.servers
         ):
             raise InvalidConfigError(
-                f"service {self.name!r}: servers must be a tuple of ServerSpec")
+                f"service {self.name!r}: servers must be a tuple of ServerSpec"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +218,13 @@ def _parse_router(name: str, raw: Any) -> RouterSpec:
     priority = _as_priority(raw.get("priority"), f"{where}.priority")
     eps = raw.get("entryPoints", ())
     entry_points = _as_str_list(eps, f"{where}.entryPoints") if eps else ()
-    return RouterSpec(name=name, rule=rule, service=_service_ref(service), priority=priority,
-                      entry_points=entry_points)
+    return RouterSpec(
+        name=name,
+        rule=rule,
+        service=_service_ref(service),
+        priority=priority,
+        entry_points=entry_points,
+    )
 
 
 def _parse_service(name: str, raw: Any) -> ServiceSpec:
@@ -250,8 +256,11 @@ def _parse_service(name: str, raw: Any) -> ServiceSpec:
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"{where}.loadBalancer.servers[{i}]: {exc}") from None
     phh = lb.get("passHostHeader", True)
-    return ServiceSpec(name=name, servers=tuple(servers),
-                       pass_host_header=_as_bool(phh, f"{where}.loadBalancer.passHostHeader"))
+    return ServiceSpec(
+        name=name,
+        servers=tuple(servers),
+        pass_host_header=_as_bool(phh, f"{where}.loadBalancer.passHostHeader"),
+    )
 
 
 def _problem_from(exc: InvalidConfigError, default_where: str) -> ConfigProblem:
@@ -274,14 +283,16 @@ def parse_dynamic_config(doc: Mapping[str, Any]) -> tuple[DynamicConfig, list[Co
     services: dict[str, ServiceSpec] = {}
     if not isinstance(doc, Mapping):
         return DynamicConfig(), [ConfigProblem("<document>", "expected a table at the top")]
-    http = doc.get("http") or {}
+    http = doc.get("http")
+    http = {} if http is None else http
     if not isinstance(http, Mapping):
         return DynamicConfig(), [ConfigProblem("http", "expected a table")]
     for section, parse, target in (
         ("routers", _parse_router, routers),
         ("services", _parse_service, services),
     ):
-        raw_section = http.get(section) or {}
+        raw_section = http.get(section)
+        raw_section = {} if raw_section is None else raw_section
         if not isinstance(raw_section, Mapping):
             problems.append(ConfigProblem(f"http.{section}", "expected a table"))
             continue
@@ -298,14 +309,15 @@ def parse_dynamic_config(doc: Mapping[str, Any]) -> tuple[DynamicConfig, list[Co
     return DynamicConfig(routers=routers, services=services), problems
 
 
-def _kv_tree(pairs: Mapping[str, str], prefix: str,
-             problems: list[ConfigProblem]) -> dict[str, Any]:
+def _kv_tree(
+    pairs: Mapping[str, str], prefix: str, problems: list[ConfigProblem]
+) -> dict[str, Any]:
     root: dict[str, Any] = {}
     lead = prefix.strip("/") + "/"
     for key in sorted(pairs):
         if not key.startswith(lead):
             continue
-        parts = key[len(lead):].split("/")
+        parts = key[len(lead) :].split("/")
         if not all(parts):
             problems.append(ConfigProblem(key, "empty path element in key"))
             continue
@@ -327,8 +339,10 @@ def _kv_tree(pairs: Mapping[str, str], prefix: str,
     return root
 
 
-def config_from_kv(pairs: Mapping[str, str], prefix: str = "traefik",
-                   ) -> tuple[DynamicConfig, list[ConfigProblem]]:
+def config_from_kv(
+    pairs: Mapping[str, str],
+    prefix: str = "traefik",
+) -> tuple[DynamicConfig, list[ConfigProblem]]:
     """Read traefik's KV layout (``<prefix>/http/routers/<name>/rule`` ...) into a config.
 
     Lists are stored as numbered keys (``.../servers/0/url``, ``.../entryPoints/0``).

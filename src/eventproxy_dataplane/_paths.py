@@ -59,38 +59,50 @@ def parse_target(target: bytes) -> tuple[str | None, tuple[str, ...]] | None:
     path = target if q < 0 else target[:q]
     if b"#" in path:
         return None
-    raw_segments = path.split(b"/")[1:]
     if b"%" not in path:
         text = path.decode("utf-8", "surrogateescape")
-        segments = tuple(text.split("/")[1:])
-        if "." in text:
-            for s in segments:
-                if s in _DOTS:
-                    return None
-    else:
-        decoded = []
-        for raw in raw_segments:
-            seg = _decode_segment(raw)
-            if seg is None or seg in _DOTS:
-                return None
-            decoded.append(seg)
-        segments = tuple(decoded)
-    if "" in segments[:-1]:
-        return None
+        if "//" in text:
+            return None
+        segments = tuple(text[1:].split("/"))
+        if "/." in text and (_DOTS & set(segments)):
+            return None
+        return authority, segments
+    decoded = []
+    last = path.count(b"/") - 1
+    for i, raw in enumerate(path[1:].split(b"/")):
+        seg = _decode_segment(raw)
+        if seg is None or seg in _DOTS or (not seg and not raw and i < last):
+            return None
+        decoded.append(seg)
+    segments = tuple(decoded)
     return authority, segments
+
+
+_HOST_CACHE: dict[str, str | None] = {}
+_HOST_CACHE_MAX: Final = 4096
 
 
 def canonical_host(host: str | None) -> str | None:
     """Lower-case, without port and without one trailing dot: what ``Host(...)`` compares."""
     if host is None:
         return None
+    cached = _HOST_CACHE.get(host, "")
+    if cached != "":
+        return cached
+    if len(_HOST_CACHE) >= _HOST_CACHE_MAX:
+        _HOST_CACHE.clear()
+    result = _HOST_CACHE[host] = _canonical_host(host)
+    return result
+
+
+def _canonical_host(host: str) -> str | None:
     h = host.strip().lower()
     if h.startswith("["):
         end = h.find("]")
         h = h[1:end] if end > 0 else h
     else:
         colon = h.rfind(":")
-        if colon >= 0 and (colon == len(h) - 1 or h[colon + 1:].isdigit()):
+        if colon >= 0 and (colon == len(h) - 1 or h[colon + 1 :].isdigit()):
             h = h[:colon]
     if h.endswith("."):
         h = h[:-1]

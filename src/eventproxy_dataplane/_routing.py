@@ -37,7 +37,20 @@ from typing import Final
 from ._config import ConfigProblem, DynamicConfig, RouterSpec, ServiceSpec
 from ._errors import RuleSyntaxError
 from ._paths import canonical_host, parse_target
-from ._rules import HOST, PATH, And, Matcher, Not, Or, Rule, matches, parse_rule, rule_segments
+from ._rules import (
+    HOST,
+    PATH,
+    And,
+    Matcher,
+    Not,
+    Or,
+    Predicate,
+    Rule,
+    compile_rule,
+    matches,
+    parse_rule,
+    rule_segments,
+)
 
 __all__ = ["Route", "RoutingTable"]
 
@@ -69,8 +82,8 @@ class _Node:
 
 @dataclass(frozen=True, slots=True)
 class _Placement:
-    host: str            # trie key: canonical host, "*.domain", or _ANY_HOST
-    exact: bool          # Path (exact) or PathPrefix
+    host: str  # trie key: canonical host, "*.domain", or _ANY_HOST
+    exact: bool  # Path (exact) or PathPrefix
     segments: tuple[str, ...]  # node path; for a prefix, the last element is the partial tail
 
 
@@ -137,7 +150,7 @@ class RoutingTable:
 
     def __init__(self) -> None:
         self._tries: dict[str, _Node] = {}
-        self._fallback: list[tuple[_Key, Rule, Route]] = []
+        self._fallback: list[tuple[_Key, Predicate, Route]] = []
         self._installed: dict[str, _Compiled] = {}
         self._routes: dict[str, Route] = {}
 
@@ -152,9 +165,12 @@ class RoutingTable:
             spec = config.routers[name]
             service = config.services.get(spec.service)
             if service is None:
-                problems.append(ConfigProblem(
-                    f"http.routers.{name}.service",
-                    f"service {spec.service!r} does not exist; router {name!r} disabled"))
+                problems.append(
+                    ConfigProblem(
+                        f"http.routers.{name}.service",
+                        f"service {spec.service!r} does not exist; router {name!r} disabled",
+                    )
+                )
                 continue
             upserts.append((spec, service))
         problems += table.apply(upserts, ())
@@ -165,8 +181,9 @@ class RoutingTable:
         key = (-spec.effective_priority, spec.name)
         return _Compiled(spec, rule, key, _plan(rule))
 
-    def apply(self, upserts: Iterable[tuple[RouterSpec, ServiceSpec]],
-              removals: Iterable[str]) -> list[ConfigProblem]:
+    def apply(
+        self, upserts: Iterable[tuple[RouterSpec, ServiceSpec]], removals: Iterable[str]
+    ) -> list[ConfigProblem]:
         """Remove routers by name, then add or replace routers; all before returning.
 
         A router whose rule cannot be used is reported and disabled (an older version of it is
@@ -182,8 +199,9 @@ class RoutingTable:
                 compiled = self._compile(spec)
             except (RuleSyntaxError, TypeError, RecursionError) as exc:
                 name = getattr(spec, "name", repr(spec))
-                problems.append(ConfigProblem(
-                    f"http.routers.{name}.rule", f"router {name!r} disabled: {exc}"))
+                problems.append(
+                    ConfigProblem(f"http.routers.{name}.rule", f"router {name!r} disabled: {exc}")
+                )
                 disabled.append(name)
                 ready.pop(name, None)
                 continue
@@ -201,7 +219,7 @@ class RoutingTable:
         self._routes[name] = route
         cand: _Cand = (compiled.key, route)
         if compiled.placements is None:
-            entry = (compiled.key, compiled.rule, route)
+            entry = (compiled.key, compile_rule(compiled.rule), route)
             keys = [e[0] for e in self._fallback]
             self._fallback.insert(bisect.bisect(keys, compiled.key), entry)
             return
@@ -293,10 +311,10 @@ class RoutingTable:
         node = tries.get(_ANY_HOST)
         if node is not None:
             best = _walk(node, segments, best)
-        for key, rule, route in self._fallback:
+        for key, predicate, route in self._fallback:
             if best is not None and key >= best[0]:
                 break
-            if matches(rule, h, segments):
+            if predicate(h, segments):
                 return route
         return None if best is None else best[1]
 

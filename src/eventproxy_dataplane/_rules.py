@@ -16,6 +16,7 @@ host (see ``_paths.canonical_host``) and its decoded path segments (see ``_paths
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,7 +27,9 @@ __all__ = [
     "Matcher",
     "Not",
     "Or",
+    "Predicate",
     "Rule",
+    "compile_rule",
     "format_rule",
     "host_matches",
     "matches",
@@ -40,9 +43,24 @@ PATH_PREFIX: Final = "PathPrefix"
 SUPPORTED: Final = {m.lower(): m for m in (HOST, PATH, PATH_PREFIX)}
 UNSUPPORTED: Final = {
     m.lower(): m
-    for m in ("ClientIP", "Method", "HostRegexp", "PathRegexp", "Header", "HeaderRegexp",
-              "Query", "QueryRegexp", "HostSNI", "HostSNIRegexp", "ALPN", "Headers",
-              "HeadersRegexp", "HostHeader", "PathPrefixStrip", "PathStrip")
+    for m in (
+        "ClientIP",
+        "Method",
+        "HostRegexp",
+        "PathRegexp",
+        "Header",
+        "HeaderRegexp",
+        "Query",
+        "QueryRegexp",
+        "HostSNI",
+        "HostSNIRegexp",
+        "ALPN",
+        "Headers",
+        "HeadersRegexp",
+        "HostHeader",
+        "PathPrefixStrip",
+        "PathStrip",
+    )
 }
 
 
@@ -89,8 +107,17 @@ class _Token:
     pos: int
 
 
-_SIMPLE_ESCAPES: Final = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
-                          "v": "\v", "\\": "\\", '"': '"'}
+_SIMPLE_ESCAPES: Final = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    '"': '"',
+}
 
 
 def _interpreted(rule: str, start: int) -> tuple[str, int]:
@@ -117,7 +144,7 @@ def _interpreted(rule: str, start: int) -> tuple[str, int]:
             i += 2
         elif e in "xuU":
             width = {"x": 2, "u": 4, "U": 8}[e]
-            digits = rule[i + 2:i + 2 + width]
+            digits = rule[i + 2 : i + 2 + width]
             if len(digits) != width or any(d not in "0123456789abcdefABCDEF" for d in digits):
                 raise RuleSyntaxError(f"bad \\{e} escape at offset {i}")
             n = int(digits, 16)
@@ -129,7 +156,7 @@ def _interpreted(rule: str, start: int) -> tuple[str, int]:
                 out += chr(n).encode()
             i += 2 + width
         elif e in "01234567":
-            digits = rule[i + 1:i + 4]
+            digits = rule[i + 1 : i + 4]
             if len(digits) != 3 or any(d not in "01234567" for d in digits) or int(digits, 8) > 255:
                 raise RuleSyntaxError(f"bad octal escape at offset {i}")
             out.append(int(digits, 8))
@@ -149,14 +176,14 @@ def _tokens(rule: str) -> list[_Token]:
             end = rule.find("`", i + 1)
             if end < 0:
                 raise RuleSyntaxError(f"unterminated raw string starting at offset {i}")
-            toks.append(_Token(_STRING, rule[i + 1:end].replace("\r", ""), i))
+            toks.append(_Token(_STRING, rule[i + 1 : end].replace("\r", ""), i))
             i = end + 1
         elif c == '"':
             value, end = _interpreted(rule, i)
             toks.append(_Token(_STRING, value, i))
             i = end
         elif rule.startswith(("&&", "||"), i):
-            toks.append(_Token(_OP, rule[i:i + 2], i))
+            toks.append(_Token(_OP, rule[i : i + 2], i))
             i += 2
         elif c in "!(),":
             toks.append(_Token(_OP, c, i))
@@ -168,8 +195,10 @@ def _tokens(rule: str) -> list[_Token]:
             toks.append(_Token(_IDENT, rule[i:j], i))
             i = j
         elif c == "'":
-            raise RuleSyntaxError(f"single quotes are not string delimiters (offset {i}); "
-                                  "use backticks or double quotes")
+            raise RuleSyntaxError(
+                f"single quotes are not string delimiters (offset {i}); "
+                "use backticks or double quotes"
+            )
         else:
             raise RuleSyntaxError(f"unexpected character {c!r} at offset {i}")
     toks.append(_Token(_END, "", n))
@@ -244,7 +273,8 @@ class _Parser:
                 if tok.kind != _STRING:
                     found = tok.text or "end of rule"
                     raise RuleSyntaxError(
-                        f"expected a string argument at offset {tok.pos}, found {found!r}")
+                        f"expected a string argument at offset {tok.pos}, found {found!r}"
+                    )
                 args.append(tok.text)
                 if self.peek().kind == _OP and self.peek().text == ",":
                     self.take()
@@ -265,10 +295,12 @@ def _check_host(value: str) -> str:
     if host.endswith(".") and len(host) > 1:
         host = host[:-1]
     labels = host.split(".")
-    if "*" in host and (labels[0] != "*" or any("*" in label for label in labels[1:])
-                        or len(labels) < 2):
+    if "*" in host and (
+        labels[0] != "*" or any("*" in label for label in labels[1:]) or len(labels) < 2
+    ):
         raise RuleSyntaxError(
-            f"Host value {value!r}: only a single leading '*.' wildcard label is supported")
+            f"Host value {value!r}: only a single leading '*.' wildcard label is supported"
+        )
     return host
 
 
@@ -278,8 +310,10 @@ def make_matcher(name: str, args: list[str]) -> Matcher:
     if canonical is None:
         known = UNSUPPORTED.get(name.lower())
         if known is not None:
-            raise RuleSyntaxError(f"matcher {known} is not supported by the eventproxy data plane"
-                                  " (supported: Host, Path, PathPrefix)")
+            raise RuleSyntaxError(
+                f"matcher {known} is not supported by the eventproxy data plane"
+                " (supported: Host, Path, PathPrefix)"
+            )
         raise RuleSyntaxError(f"unknown matcher {name!r}")
     if len(args) != 1:
         raise RuleSyntaxError(f"{canonical} takes exactly one argument, got {len(args)}")
@@ -377,3 +411,30 @@ def matches(rule: Rule, host: str | None, segments: tuple[str, ...]) -> bool:
     if isinstance(rule, And):
         return matches(rule.left, host, segments) and matches(rule.right, host, segments)
     return matches(rule.left, host, segments) or matches(rule.right, host, segments)
+
+
+Predicate = Callable[[str | None, tuple[str, ...]], bool]
+
+
+def compile_rule(rule: Rule) -> Predicate:
+    """``rule`` as a closure with the same meaning as :func:`matches`, without tree dispatch."""
+    if isinstance(rule, Matcher):
+        value = rule.value
+        if rule.name == HOST:
+            if value.startswith("*."):
+                return lambda h, s: host_matches(value, h)
+            return lambda h, s: h == value
+        want = rule_segments(value)
+        if rule.name == PATH:
+            return lambda h, s: s == want
+        head, tail, n = want[:-1], want[-1], len(want) - 1
+        if not head:
+            return lambda h, s: s[0].startswith(tail)
+        return lambda h, s: len(s) > n and s[:n] == head and s[n].startswith(tail)
+    if isinstance(rule, Not):
+        inner = compile_rule(rule.operand)
+        return lambda h, s: not inner(h, s)
+    left, right = compile_rule(rule.left), compile_rule(rule.right)
+    if isinstance(rule, And):
+        return lambda h, s: left(h, s) and right(h, s)
+    return lambda h, s: left(h, s) or right(h, s)
