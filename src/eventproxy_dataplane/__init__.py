@@ -12,21 +12,39 @@ from ._config import (
     config_from_kv,
     parse_dynamic_config,
 )
-from ._errors import DataPlaneError, InvalidConfigError, RuleSyntaxError
+from ._errors import (
+    BackendConnectError,
+    BackendError,
+    BackendProtocolError,
+    BackendTimeoutError,
+    DataPlaneError,
+    InvalidConfigError,
+    RuleSyntaxError,
+    SettingsError,
+)
 from ._routing import Route, RoutingTable
 from ._rules import format_rule, parse_rule
+from ._server import DataPlane
+from ._settings import ProxySettings
 
 __all__: list[str] = [
+    "BackendConnectError",
+    "BackendError",
+    "BackendProtocolError",
+    "BackendTimeoutError",
     "ConfigProblem",
+    "DataPlane",
     "DataPlaneError",
     "DynamicConfig",
     "InvalidConfigError",
+    "ProxySettings",
     "Route",
     "RouterSpec",
     "RoutingTable",
     "RuleSyntaxError",
     "ServerSpec",
     "ServiceSpec",
+    "SettingsError",
     "config_from_kv",
     "format_rule",
     "parse_dynamic_config",

@@ -1,0 +1,196 @@
+"""Pure header rewriting for the reverse proxy: values in, values out, no I/O.
+
+Request side (client -> backend):
+- hop-by-hop fields are dropped: ``Connection``, ``Keep-Alive``, ``Proxy-*``, ``TE``,
+  ``Trailer``, ``Upgrade`` (kept, with ``Connection: upgrade``, for a WebSocket upgrade) and every
+  field named in ``Connection``. ``Transfer-Encoding: chunked`` stays: h11 frames the backend
+  request with it (h11 has already refused any other coding).
+- ``X-Forwarded-For/Proto/Host/Port`` and ``X-Real-Ip`` sent by the client are replaced (the
+  client is not trusted, as in traefik's default), then set from the connection.
+- ambiguous framing is refused here, before any backend sees the request: ``Content-Length``
+  together with ``Transfer-Encoding``, more than one ``Host``, too many header fields.
+
+Response side (backend -> client): the same hop-by-hop fields are dropped, and
+``Transfer-Encoding`` too: h11 re-frames the body for the client (chunked for HTTP/1.1 clients
+when there is no ``Content-Length``). A ``101`` keeps ``Upgrade`` and ``Connection: upgrade``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Header = tuple[bytes, bytes]
+
+_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+_FORWARDED = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"x-real-ip",
+    }
+)
+_REQUEST_DROP = _HOP | _FORWARDED
+_RESPONSE_DROP = _HOP | {b"transfer-encoding"}
+_CONNECTION_KEEP = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A request refused before routing: the status to answer with, and why."""
+
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """A request ready to be routed and forwarded.
+
+    ``headers`` lacks ``Host`` and the ``X-Forwarded-*`` fields; :func:`backend_headers` adds them
+    once the route (and so ``pass_host_header``) is known.
+    """
+
+    host: bytes | None
+    path: bytes
+    headers: list[Header]
+    websocket: bool
+    upgrade: bytes | None
+
+
+def _split_connection(values: list[bytes]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            tokens.add(token.strip().lower())
+    return tokens
+
+
+def prepare_request(
+    target: bytes, headers: Sequence[tuple[bytes, bytes]], max_header_count: int
+) -> PreparedRequest | Rejection:
+    """Check and strip a parsed request head (h11 lower-cases the field names)."""
+    if len(headers) > max_header_count:
+        return Rejection(431, f"more than {max_header_count} header fields")
+    host: bytes | None = None
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    has_length = has_chunked = False
+    out: list[Header] = []
+    for name, value in headers:
+        if name in _REQUEST_DROP:
+            if name == b"connection":
+                connection.append(value)
+            elif name == b"upgrade":
+                upgrade = value
+            continue
+        if name == b"host":
+            if host is not None:
+                return Rejection(400, "more than one Host header")
+            host = value
+            continue
+        if name == b"content-length":
+            has_length = True
+        elif name == b"transfer-encoding":
+            has_chunked = True
+        out.append((name, value))
+    if has_length and has_chunked:
+        return Rejection(400, "both Content-Length and Transfer-Encoding")
+    websocket = False
+    if connection:
+        tokens = _split_connection(connection)
+        named = tokens - _CONNECTION_KEEP
+        if named:
+            out = [h for h in out if h[0] not in named]
+        websocket = (
+            upgrade is not None
+            and b"upgrade" in tokens
+            and b"websocket" in _split_connection([upgrade])
+        )
+    path = target
+    if target[:1] != b"/":
+        lowered = target[:8].lower()
+        if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
+            rest = target.split(b"//", 1)[1]
+            authority, slash, tail = rest.partition(b"/")
+            if not authority:
+                return Rejection(400, "absolute request-target without a host")
+            host = authority
+            path = slash + tail if slash else b"/"
+        elif target != b"*":
+            return Rejection(400, "request-target is not a path or an absolute URL")
+    return PreparedRequest(host, path, out, websocket, upgrade if websocket else None)
+
+
+def _port_of(host: bytes, default: bytes) -> bytes:
+    if host.endswith(b"]"):
+        return default
+    _, colon, port = host.rpartition(b":")
+    return port if colon and port.isdigit() else default
+
+
+def backend_headers(
+    prepared: PreparedRequest,
+    *,
+    backend_host: bytes | None,
+    client_ip: bytes | None,
+    proto: bytes,
+) -> list[Header]:
+    """The header list sent to the backend.
+
+    ``backend_host`` replaces the client's ``Host`` (``pass_host_header = false``); ``None``
+    keeps it.
+    """
+    host = prepared.host
+    out: list[Header] = [(b"host", backend_host if backend_host is not None else host or b"")]
+    out += prepared.headers
+    if client_ip is not None:
+        out.append((b"x-forwarded-for", client_ip))
+        out.append((b"x-real-ip", client_ip))
+    out.append((b"x-forwarded-proto", proto))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    out.append((b"x-forwarded-port", _port_of(host or b"", b"443" if proto == b"https" else b"80")))
+    if prepared.upgrade is not None:
+        out.append((b"connection", b"upgrade"))
+        out.append((b"upgrade", prepared.upgrade))
+    return out
+
+
+def response_headers(
+    headers: Iterable[tuple[bytes, bytes]], *, switching: bool = False
+) -> list[Header]:
+    """The header list sent to the client for a backend's response (or its ``101``)."""
+    out: list[Header] = []
+    connection: list[bytes] = []
+    upgrade: bytes | None = None
+    for name, value in headers:
+        if name in _RESPONSE_DROP:
+            if name == b"connection":
+                connection.append(value)
+            elif name == b"upgrade":
+                upgrade = value
+            continue
+        out.append((name, value))
+    if connection:
+        named = _split_connection(connection) - _CONNECTION_KEEP
+        if named:
+            out = [h for h in out if h[0] not in named]
+    if switching and upgrade is not None:
+        out.append((b"connection", b"upgrade"))
+        out.append((b"upgrade", upgrade))
+    return out

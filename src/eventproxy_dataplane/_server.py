@@ -1,0 +1,221 @@
+"""The data plane: listeners (TCP, TLS, Unix, admin) around the per-connection proxy.
+
+``DataPlane`` owns the shared state of one node: the routing table (replaced atomically by
+:meth:`DataPlane.set_table`), the backend connection pool, counters and per-router activity.
+Each ``serve_*`` coroutine runs until it is cancelled; cancelling it closes its listener and
+every connection it accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import anyio
+import anyio.abc
+import h11
+from anyio.streams.tls import TLSListener
+
+from ._proxy import ClientConnection, ProxyState
+from ._routing import RoutingTable
+from ._settings import ProxySettings
+
+logger = logging.getLogger("eventproxy_dataplane")
+
+_DEFAULT_SETTINGS = ProxySettings()
+
+
+def _peer_ip(stream: anyio.abc.ByteStream) -> bytes | None:
+    try:
+        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except anyio.TypedAttributeLookupError:
+        return None
+    if isinstance(address, tuple):
+        return str(address[0]).encode("ascii")
+    return None
+
+
+class DataPlane:
+    """One reverse-proxy node: route with ``table``, forward with ``settings``.
+
+    ``table`` may be replaced at any time with :meth:`set_table`; a request looks the table up
+    once, so requests in flight finish on the backend they were routed to and no connection is
+    dropped by a swap.
+    """
+
+    def __init__(
+        self, table: RoutingTable | None = None, settings: ProxySettings = _DEFAULT_SETTINGS
+    ) -> None:
+        self._table = table if table is not None else RoutingTable()
+        self._state = ProxyState(self._table, settings)
+        self.settings = settings
+        if table is not None:
+            self._state.metrics.config_generation = 1
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table
+
+    def set_table(self, table: RoutingTable) -> None:
+        """Install ``table`` for every request that starts from now on."""
+        self._table = table
+        self._state.table = table
+        self._state.metrics.config_generation += 1
+
+    @property
+    def generation(self) -> int:
+        """How many tables have been installed."""
+        return self._state.metrics.config_generation
+
+    def activity(self) -> Mapping[str, datetime]:
+        """Router name -> last request or WebSocket traffic (UTC), recorded at most once per
+        ``settings.activity_interval`` per router."""
+        return self._state.activity.snapshot()
+
+    def metrics_text(self) -> str:
+        """The Prometheus text served on ``/metrics``."""
+        return self._state.metrics.render()
+
+    @property
+    def backend_connections_opened(self) -> int:
+        """Backend connections opened so far (a measure of pooling)."""
+        return self._state.pool.opened
+
+    # -- listeners -------------------------------------------------------------------------
+
+    async def serve_tcp(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve HTTP (or HTTPS with ``ssl_context``) on ``host:port`` until cancelled.
+
+        ``task_status.started`` receives the bound port (useful with ``port=0``).
+        """
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+        tls = ssl_context is not None
+        serving: anyio.abc.Listener[Any] = listener
+        if ssl_context is not None:
+            serving = TLSListener(listener, ssl_context, standard_compatible=False)
+        logger.info("data plane listening on %s:%d%s", host, bound, " (TLS)" if tls else "")
+
+        async def handle(stream: anyio.abc.ByteStream) -> None:
+            await ClientConnection(self._state, stream, client_ip=_peer_ip(stream), tls=tls).run()
+
+        await self._serve(serving, handle, task_status, bound)
+
+    async def serve_unix(
+        self, path: str, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve HTTP on a Unix socket at ``path`` until cancelled (the socket file is removed)."""
+        listener = await anyio.create_unix_listener(path)
+        logger.info("data plane listening on unix:%s", path)
+
+        async def handle(stream: anyio.abc.ByteStream) -> None:
+            await ClientConnection(self._state, stream, client_ip=None, tls=False).run()
+
+        try:
+            await self._serve(listener, handle, task_status, path)
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    async def _serve(
+        self,
+        listener: anyio.abc.Listener[Any],
+        handle: Any,
+        task_status: anyio.abc.TaskStatus[Any],
+        started: object,
+    ) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started(started)
+                await listener.serve(handle, task_group=tg)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+                await self._state.pool.aclose()
+
+    async def serve_admin(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``/health`` (JSON) and ``/metrics`` (Prometheus text) until cancelled."""
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+        logger.info("data plane admin listening on %s:%d", host, bound)
+        await self._serve(listener, self._admin_connection, task_status, bound)
+
+    async def _admin_connection(self, stream: anyio.abc.ByteStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    with anyio.move_on_after(30) as scope:
+                        try:
+                            data = await stream.receive()
+                        except anyio.EndOfStream:
+                            data = b""
+                    if scope.cancelled_caught:
+                        return
+                    conn.receive_data(data)
+                    continue
+                if type(event) is h11.Request:
+                    status, content_type, body = self._admin_page(event)
+                    headers = [
+                        (b"content-type", content_type),
+                        (b"content-length", b"%d" % len(body)),
+                        (b"cache-control", b"no-store"),
+                    ]
+                    out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+                    if event.method != b"HEAD":
+                        out += conn.send(h11.Data(data=body)) or b""
+                    await stream.send(out)
+                    continue
+                if type(event) is h11.EndOfMessage:
+                    await stream.send(conn.send(h11.EndOfMessage()) or b"")
+                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        return
+                    conn.start_next_cycle()
+                    continue
+                if type(event) is h11.Data:
+                    continue
+                return
+        except (h11.ProtocolError, anyio.BrokenResourceError, OSError):
+            return
+        finally:
+            await anyio.aclose_forcefully(stream)
+
+    def _admin_page(self, request: h11.Request) -> tuple[int, bytes, bytes]:
+        path = request.target.split(b"?", 1)[0]
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, b"text/plain; charset=utf-8", b"method not allowed\n"
+        if path == b"/health":
+            metrics = self._state.metrics
+            doc = {
+                "status": "ok",
+                "generation": metrics.config_generation,
+                "in_flight": metrics.in_flight,
+                "connections": metrics.connections,
+                "host": socket.gethostname(),
+            }
+            return 200, b"application/json", json.dumps(doc).encode() + b"\n"
+        if path == b"/metrics":
+            return 200, b"text/plain; version=0.0.4; charset=utf-8", self.metrics_text().encode()
+        return 404, b"text/plain; charset=utf-8", b"not found: try /health or /metrics\n"

@@ -1,0 +1,77 @@
+"""Timeouts and limits of the reverse proxy, as one immutable value."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from urllib.parse import urlsplit
+
+from ._errors import SettingsError
+
+_OPTIONAL = frozenset(
+    {"connect_timeout", "header_timeout", "idle_timeout", "backend_response_timeout"}
+)
+_INTEGER = frozenset({"max_header_bytes", "max_header_count", "pool_max_idle", "read_size"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """How the proxy treats clients and backends. Times are seconds; ``None`` means no limit.
+
+    connect_timeout:          opening a connection to a backend (-> 504)
+    header_timeout:           a client sending one request head (slowloris guard; -> 408, close)
+    idle_timeout:             a keep-alive client connection waiting for its next request
+    backend_response_timeout: a backend answering with its response head (-> 504)
+    max_header_bytes:         request head size, request line included (-> 431)
+    max_header_count:         number of request header fields (-> 431)
+    error_target:             like configurable-http-proxy's ``--error-target``: on 404/502/503/504
+                              the body of ``GET {error_target}/{code}?url=<escaped url>`` is sent
+                              with the original status
+    pool_max_idle:            idle keep-alive connections kept per backend server
+    pool_idle_timeout:        an idle pooled backend connection older than this is not reused
+    error_fetch_timeout:      fetching a page from ``error_target``
+    activity_interval:        a router's last activity is recorded at most this often
+    read_size:                bytes asked for per socket read
+    """
+
+    connect_timeout: float | None = 10.0
+    header_timeout: float | None = 60.0
+    idle_timeout: float | None = 180.0
+    backend_response_timeout: float | None = 300.0
+    max_header_bytes: int = 65536
+    max_header_count: int = 200
+    error_target: str | None = None
+    pool_max_idle: int = 64
+    pool_idle_timeout: float = 90.0
+    error_fetch_timeout: float = 5.0
+    activity_interval: float = 1.0
+    read_size: int = 65536
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name == "error_target":
+                continue
+            value = getattr(self, f.name)
+            if value is None and f.name in _OPTIONAL:
+                continue
+            if f.name in _INTEGER:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise SettingsError(f"ProxySettings.{f.name} must be an integer, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise SettingsError(f"ProxySettings.{f.name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise SettingsError(
+                    f"ProxySettings.{f.name} must be a positive finite number, got {value!r}"
+                )
+        if self.error_target is not None:
+            parts = urlsplit(self.error_target)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SettingsError(
+                    "ProxySettings.error_target must be an http(s) URL like "
+                    f"'http://127.0.0.1:8081/hub/error', got {self.error_target!r}"
+                )
+            if parts.query or parts.fragment:
+                raise SettingsError(
+                    "ProxySettings.error_target must not have a query or fragment, got "
+                    f"{self.error_target!r}"
+                )
