@@ -182,8 +182,8 @@ def dataplane_cli_missing() -> str | None:
     """Why ``python -m eventproxy_dataplane`` cannot run here, or None if it can."""
     try:
         spec = importlib.util.find_spec("eventproxy_dataplane.__main__")
-    except ImportError as exc:
-        return f"eventproxy_dataplane is not importable: {exc}"
+    except Exception as exc:  # ImportError, or a SyntaxError in a half-written module
+        return f"eventproxy_dataplane is not importable: {type(exc).__name__}: {exc}"
     if spec is None:
         return "eventproxy_dataplane has no __main__ (its CLI is not written yet)"
     return None

@@ -136,6 +136,7 @@ def run(ctx: Any) -> dict[str, Any]:
     results_dir = Path(ctx.results_dir)
     require("wrk", "the HTTP load generator of this benchmark")  # clear error + install hint
     routespecs = user_routespecs(ROUTES)
+    load_before = _loadavg()  # other work on the machine skews the numbers: recorded, not hidden
 
     with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -209,6 +210,8 @@ def run(ctx: Any) -> dict[str, Any]:
             "ws_path": WS_PATH,
             "ws_round_trips": ws_count,
             "cpus_shared_by_load_proxy_backend": _cpus(),
+            "loadavg_1m_before": load_before,
+            "loadavg_1m_after": _loadavg(),
         },
         "targets": {name: t.describe() for name, t in targets.items()},
         "http": http,
@@ -224,6 +227,10 @@ def run(ctx: Any) -> dict[str, Any]:
 
 def _line(r: LoadResult) -> str:
     return f"{r.rps:.0f} req/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, {r.errors} errors"
+
+
+def _loadavg() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def _cpus() -> int:
