@@ -141,6 +141,10 @@ def _status_line_reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
 
 
+def _generic(status: int) -> bytes:
+    return b"%d %s\n" % (status, _REASONS.get(status, b"Error"))
+
+
 class ClientConnection:
     """Serves one accepted client stream until it closes, fails, or times out."""
 
@@ -223,7 +227,12 @@ class ClientConnection:
             if event is h11.NEED_DATA:
                 event = await self._read_request_slowly(first)
         except h11.RemoteProtocolError as exc:
-            await self._send_simple(exc.error_status_hint, f"{exc}\n".encode(), close=True)
+            # The detail goes to the debug log only: it quotes what the client sent.
+            logger.debug("refusing a malformed request: %s", exc)
+            self.state.metrics.count_response("", exc.error_status_hint)
+            await self._send_simple(
+                exc.error_status_hint, _generic(exc.error_status_hint), close=True
+            )
             return None
         if type(event) is h11.Request:
             return event
@@ -250,7 +259,8 @@ class ClientConnection:
                 if event is not h11.NEED_DATA:
                     return event
         if seen:
-            await self._send_simple(408, b"request head not received in time\n", close=True)
+            self.state.metrics.count_response("", 408)
+            await self._send_simple(408, _generic(408), close=True)
         return h11.PAUSED
 
     # -- one request -----------------------------------------------------------------------
@@ -260,7 +270,13 @@ class ClientConnection:
         conn = self.conn
         self.head = request.method == b"HEAD"
         self.target = request.target
-        prepared = prepare_request(request.target, request.headers, self.settings.max_header_count)
+        settings = self.settings
+        prepared = prepare_request(
+            request.target,
+            request.headers,
+            max_header_count=settings.max_header_count,
+            max_header_bytes=settings.max_header_bytes,
+        )
         if type(prepared) is Rejection:
             state.metrics.count_response("", prepared.status)
             await self._send_simple(prepared.status, f"{prepared.reason}\n".encode(), close=True)
@@ -280,8 +296,9 @@ class ClientConnection:
                 if type(event) is h11.EndOfMessage:
                     break
         except h11.RemoteProtocolError as exc:
+            logger.debug("refusing a malformed request body: %s", exc)
             state.metrics.count_response("", 400)
-            await self._send_simple(400, f"{exc}\n".encode(), close=True)
+            await self._send_simple(400, _generic(400), close=True)
             return
         complete = conn.their_state is not h11.SEND_BODY
         if route is None:
@@ -399,8 +416,9 @@ class ClientConnection:
         if failure:
             first = failure[0]
             if isinstance(first, _RequestBodyError):
+                logger.debug("request body failed: %s", first)
                 self.state.metrics.count_response("", 400)
-                await self._send_simple(400, f"{first}\n".encode(), close=True)
+                await self._send_simple(400, _generic(400), close=True)
                 raise _CloseClient from None
             raise first
         return status

@@ -81,17 +81,27 @@ def _split_connection(values: list[bytes]) -> set[bytes]:
 
 
 def prepare_request(
-    target: bytes, headers: Sequence[tuple[bytes, bytes]], max_header_count: int
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    max_header_count: int,
+    max_header_bytes: int,
 ) -> PreparedRequest | Rejection:
-    """Check and strip a parsed request head (h11 lower-cases the field names)."""
+    """Check and strip a parsed request head (h11 lower-cases the field names).
+
+    h11 bounds only a head that is still incomplete; a complete one that arrived in a single
+    read is measured here (field names, values and their separators, plus the target).
+    """
     if len(headers) > max_header_count:
         return Rejection(431, f"more than {max_header_count} header fields")
+    size = len(target)
     host: bytes | None = None
     connection: list[bytes] = []
     upgrade: bytes | None = None
     has_length = has_chunked = False
     out: list[Header] = []
     for name, value in headers:
+        size += len(name) + len(value) + 4
         if name in _REQUEST_DROP:
             if name == b"connection":
                 connection.append(value)
@@ -108,6 +118,8 @@ def prepare_request(
         elif name == b"transfer-encoding":
             has_chunked = True
         out.append((name, value))
+    if size > max_header_bytes:
+        return Rejection(431, f"request head larger than {max_header_bytes} bytes")
     if has_length and has_chunked:
         return Rejection(400, "both Content-Length and Transfer-Encoding")
     websocket = False

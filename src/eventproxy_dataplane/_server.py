@@ -8,6 +8,7 @@ every connection it accepted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -127,10 +128,8 @@ class DataPlane:
         try:
             await self._serve(listener, handle, task_status, path)
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
 
     async def _serve(
         self,
