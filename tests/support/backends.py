@@ -107,6 +107,7 @@ class HTTPBackend(_Base):
     """An HTTP/1.1 backend with scripted behaviours (see the module docstring)."""
 
     requests: list[Received] = field(default_factory=list)
+    sent_bytes: int = 0  # body bytes sent by /bytes/N so far
 
     async def connection(self, stream: anyio.abc.ByteStream, number: int) -> None:
         conn = h11.Connection(h11.SERVER)
@@ -181,6 +182,7 @@ class HTTPBackend(_Base):
                 n = min(left, _CHUNK)
                 await stream.send(conn.send(h11.Data(data=piece[:n])) or b"")
                 left -= n
+                self.sent_bytes += n
             await stream.send(conn.send(h11.EndOfMessage()) or b"")
             return True
         if kind == "chunked":
