@@ -147,3 +147,26 @@ async def test_activity_is_recorded_per_router_at_a_bounded_rate() -> None:
             assert proxy.plane.activity()["a"] == first  # at most once per second
             assert "b" not in proxy.plane.activity()
         tg.cancel_scope.cancel()
+
+
+def _masked_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+async def test_frame_sent_with_the_handshake_is_handed_over() -> None:
+    """Bytes h11 read past the request head (``trailing_data``) reach the backend."""
+    async with anyio.create_task_group() as tg:
+        backend = WebSocketEchoBackend()
+        await tg.start(backend.serve)
+        table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
+        async with running_proxy(table) as proxy:
+            client = WSClient(await anyio.connect_tcp("127.0.0.1", proxy.port))
+            handshake = client.wsc.send(ws.Request(host="x", target="/ws"))
+            await client.stream.send(handshake + _masked_text_frame("early"))
+            assert isinstance(await client.event(), ws.AcceptConnection)
+            assert (await client.event()).data == "early"
+            await client.stream.aclose()
+        tg.cancel_scope.cancel()
