@@ -28,7 +28,9 @@ def available() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {available()})")
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: all of {available()})"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = parser.parse_args(argv)
     names = args.names or available()
@@ -51,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         envelope = {
             "benchmark": name,
             "when": datetime.now(UTC).isoformat(),
-            "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                        "processor": platform.processor()},
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+            },
             "duration_s": round(time.perf_counter() - started, 3),
             "quick": args.quick,
             "results": result,

@@ -158,7 +158,8 @@ async def cmd_log(args: argparse.Namespace, out: TextIO) -> int:
     async with log:
         base, records = await _records(log)
     selected = [
-        r for r in records
+        r
+        for r in records
         if (args.routespec is None or r.event.routespec == args.routespec)
         and (args.since is None or r.ts >= args.since)
         and (args.until is None or r.ts <= args.until)
@@ -191,8 +192,10 @@ async def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
         _dump(
             {
                 "routespec": spec,
-                "snapshot": {"seq": base.seq, "route": at_snapshot.as_jupyterhub()
-                             if at_snapshot else None},
+                "snapshot": {
+                    "seq": base.seq,
+                    "route": at_snapshot.as_jupyterhub() if at_snapshot else None,
+                },
                 "events": [record_json(r) for r in history],
                 "current": now.as_jupyterhub() if now else None,
                 "head": current.seq,
@@ -238,16 +241,23 @@ async def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
     async with log:
         result = await log.compact(retention=args.retention)
     if args.json:
-        _dump({"snapshot_seq": result.snapshot_seq, "dropped": result.dropped,
-               "retained": result.retained}, out)
+        _dump(
+            {
+                "snapshot_seq": result.snapshot_seq,
+                "dropped": result.dropped,
+                "retained": result.retained,
+            },
+            out,
+        )
     elif result.dropped:
         out.write(
             f"compacted {result.dropped} event(s) into a snapshot at seq {result.snapshot_seq}; "
             f"{result.retained} newer event(s) kept\n"
         )
     else:
-        out.write(f"nothing older than {args.retention} to compact; "
-                  f"{result.retained} event(s) kept\n")
+        out.write(
+            f"nothing older than {args.retention} to compact; {result.retained} event(s) kept\n"
+        )
     return 0
 
 
@@ -290,10 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--at", type=parse_seq, help="the table after this seq (default: head)")
     at.add_argument("--until", type=parse_time, help="the table as of this time")
 
-    p = add("compact", cmd_compact,
-            "Snapshot the table and drop events older than the retention.")
-    p.add_argument("--retention", type=parse_duration, default=timedelta(days=30),
-                   help="keep events younger than this (e.g. 7d, 24h, 0; default 30d)")
+    p = add("compact", cmd_compact, "Snapshot the table and drop events older than the retention.")
+    p.add_argument(
+        "--retention",
+        type=parse_duration,
+        default=timedelta(days=30),
+        help="keep events younger than this (e.g. 7d, 24h, 0; default 30d)",
+    )
     return parser
 
 

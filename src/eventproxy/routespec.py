@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from ._errors import InvalidRoutespecError
@@ -42,6 +43,9 @@ _SUB_DELIMS = "!$&'()*+,;="
 _RAW_PATH_OK = frozenset(_UNRESERVED + _SUB_DELIMS + ":@/%")
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _HEX = frozenset("0123456789abcdefABCDEF")
+# The common case, checked in one regex: a path of plain segments with no escapes, where no
+# segment is "." or "..". Anything else takes the full, character-by-character check.
+_PLAIN_PATH = re.compile(r"^/(?:(?!\.{1,2}/)[A-Za-z0-9\-._~!$&'()*+,;=:@]+/)*$")
 _MAX_LENGTH = 4096
 
 _FORBIDDEN_NAMES = {
@@ -173,6 +177,13 @@ def parse_routespec(spec: object, *, host_routing: bool | None = None) -> RouteS
     """
     if not isinstance(spec, str):
         raise InvalidRoutespecError(f"routespec must be a str, not {type(spec).__name__}")
+    if host_routing is not True and _PLAIN_PATH.match(spec):
+        return RouteSpec(raw=spec, host=None, path=spec, decoded_path=spec)
+    return _parse_cached(spec, host_routing)
+
+
+@lru_cache(maxsize=16384)
+def _parse_cached(spec: str, host_routing: bool | None) -> RouteSpec:
     if not spec:
         raise InvalidRoutespecError("routespec is empty")
     if len(spec) > _MAX_LENGTH:
@@ -217,4 +228,6 @@ def parse_routespec(spec: object, *, host_routing: bool | None = None) -> RouteS
 
 def validate_routespec(spec: object, *, host_routing: bool | None = None) -> str:
     """The normalised routespec string (trailing slash added), or :class:`InvalidRoutespecError`."""
+    if host_routing is not True and type(spec) is str and _PLAIN_PATH.match(spec):
+        return spec
     return parse_routespec(spec, host_routing=host_routing).raw

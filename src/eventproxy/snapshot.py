@@ -17,8 +17,13 @@ from ._errors import CorruptLogError, UnsupportedSchemaError
 from .events import SCHEMA_VERSION, RouteAdded, packb, unpackb
 from .table import RouteEntry, RouteTable
 
-__all__ = ["Snapshot", "decode_snapshot", "encode_snapshot", "snapshot_from_wire",
-           "snapshot_to_wire"]
+__all__ = [
+    "Snapshot",
+    "decode_snapshot",
+    "encode_snapshot",
+    "snapshot_from_wire",
+    "snapshot_to_wire",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,23 @@ from eventproxy.events import decode_record, encode_record, packb, record_to_wir
 
 TS = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC)
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) \
-    | st.floats(allow_nan=False) | st.binary(max_size=8)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=8)
+    | st.floats(allow_nan=False)
+    | st.binary(max_size=8)
+)
 route_data = st.dictionaries(
     st.text(max_size=8),
-    st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
-                 | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=10),
+    st.recursive(
+        json_scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=10,
+    ),
     max_size=5,
 )
 routespecs = st.sampled_from(["/", "/user/a/", "/user/b/", "/user/%C3%A9/", "h.example/x/"])
@@ -35,8 +46,9 @@ routespecs = st.sampled_from(["/", "/user/a/", "/user/b/", "/user/%C3%A9/", "h.e
 
 @given(spec=routespecs, data=route_data, seq=st.integers(1, 2**40), actor=st.text(max_size=10))
 def test_record_roundtrip_preserves_types(spec: str, data: dict, seq: int, actor: str) -> None:
-    record = Record(seq=seq, ts=TS, actor=actor,
-                    event=RouteAdded(spec, "http://127.0.0.1:8888", data))
+    record = Record(
+        seq=seq, ts=TS, actor=actor, event=RouteAdded(spec, "http://127.0.0.1:8888", data)
+    )
     decoded = decode_record(encode_record(record))
     assert decoded == record
     assert repr(decoded.event.data) == repr(record.event.data)  # True stays True, 1 stays 1

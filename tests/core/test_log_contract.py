@@ -18,8 +18,8 @@ from eventproxy import (
     InvalidRoutespecError,
     LogClosedError,
     RouteAdded,
-    RouteRemoved,
     RouteLog,
+    RouteRemoved,
     RouteTable,
     fold_all,
 )
@@ -93,6 +93,7 @@ async def test_expected_head_detects_a_concurrent_writer(open_route_log: LogOpen
 
 async def test_concurrent_appends_are_serialised_without_gaps(open_route_log: LogOpener) -> None:
     async with await open_route_log() as log:
+
         async def writer(w: int) -> None:
             for i in range(10):
                 await log.append([added(w * 100 + i), added(w * 100 + i + 50)])
@@ -157,16 +158,17 @@ async def test_watch_ends_when_the_log_closes(open_route_log: LogOpener) -> None
     log = await open_route_log()
     await log.append([added(1)])
     seen: list[int] = []
+    got_first = anyio.Event()
 
     async def consume() -> None:
         async for record in log.watch():
             seen.append(record.seq)
+            got_first.set()
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
-            while not seen:
-                await anyio.sleep(0.001)  # let the watcher reach the end of the log
+            await got_first.wait()
             await log.aclose()
     assert seen == [1]
     with pytest.raises(LogClosedError):

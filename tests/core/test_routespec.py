@@ -104,13 +104,15 @@ def test_decoded_path_is_what_requests_match() -> None:
     assert parse_routespec("/user/%C3%A9/").decoded_path == "/user/é/"
     assert parse_routespec("/user/x/%23%3F").decoded_path == "/user/x/#?/"
     host = parse_routespec("Alice.Example.com/a")
-    assert (host.host, host.match_host, host.path) == ("Alice.Example.com", "alice.example.com", "/a/")
+    assert (host.host, host.match_host, host.path) == (
+        "Alice.Example.com",
+        "alice.example.com",
+        "/a/",
+    )
 
 
 # Every name JupyterHub can produce must be routable: its own escaping of any unicode text.
-names = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30
-)
+names = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
 
 
 @given(user=names, server=names)
@@ -124,7 +126,9 @@ def test_everything_jupyterhub_escapes_is_accepted(user: str, server: str) -> No
         # or a control character once decoded. JupyterHub never produces those for usernames,
         # but the policy must refuse them for any caller.
         assert any(
-            n in (".", "..") or "/" in n or "\\" in n
+            n in (".", "..")
+            or "/" in n
+            or "\\" in n
             or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in n)
             for n in (decoded_user, server)
         ), exc

@@ -13,8 +13,12 @@ from eventproxy import CorruptLogError, Record, RouteAdded, RouteRemoved, RouteT
 TS = datetime(2026, 1, 1, tzinfo=UTC)
 specs = st.sampled_from(["/", "/a/", "/a/b/", "/user/x/", "h.example/a/"])
 events = st.one_of(
-    st.builds(RouteAdded, specs, st.sampled_from(["http://127.0.0.1:1", "http://10.0.0.2:2"]),
-              st.dictionaries(st.sampled_from(["k", "user"]), st.booleans() | st.integers(-5, 5))),
+    st.builds(
+        RouteAdded,
+        specs,
+        st.sampled_from(["http://127.0.0.1:1", "http://10.0.0.2:2"]),
+        st.dictionaries(st.sampled_from(["k", "user"]), st.booleans() | st.integers(-5, 5)),
+    ),
     st.builds(RouteRemoved, specs),
 )
 
@@ -51,14 +55,17 @@ def test_fold_all_in_two_parts_equals_one(evs: list, cut: int) -> None:
 
 def test_gap_refused() -> None:
     table = fold(RouteTable(), Record(seq=1, ts=TS, actor="t", event=RouteRemoved("/a/")))
-    with pytest.raises(CorruptLogError, match="sequence gap: table is at seq 1, next record has seq 3"):
+    with pytest.raises(
+        CorruptLogError, match="sequence gap: table is at seq 1, next record has seq 3"
+    ):
         fold(table, Record(seq=3, ts=TS, actor="t", event=RouteRemoved("/a/")))
 
 
 def test_data_types_preserved_and_copies_handed_out() -> None:
     data = {"flag": True, "n": 1, "f": 1.0, "none": None, "l": [1, {"x": False}]}
-    table = fold(RouteTable(), Record(seq=1, ts=TS, actor="t",
-                                      event=RouteAdded("/a", "http://h:1", data)))
+    table = fold(
+        RouteTable(), Record(seq=1, ts=TS, actor="t", event=RouteAdded("/a", "http://h:1", data))
+    )
     out = table["/a/"].as_jupyterhub()
     assert out == {"routespec": "/a/", "target": "http://h:1", "data": data}
     assert repr(out["data"]) == repr(data)

@@ -29,8 +29,14 @@ def free_port() -> int:
 class ChildProcess:
     """A child process we started; stopped by its PID (process group), never by name."""
 
-    def __init__(self, argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -77,8 +83,14 @@ class ChildProcess:
         self.proc.wait(10)
 
 
-def wait_until(ready: Callable[[], bool], *, timeout: float, what: str,
-               alive: Callable[[], None] | None = None, poll: float = 0.02) -> None:
+def wait_until(
+    ready: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    alive: Callable[[], None] | None = None,
+    poll: float = 0.02,
+) -> None:
     """Poll a real readiness check until it holds; fail with ``what`` after ``timeout``.
 
     ``alive`` is called on each round so that a server that died is reported at once, with its
@@ -106,9 +118,16 @@ def port_accepts(port: int, host: str = LOOPBACK) -> bool:
 
 
 @contextlib.contextmanager
-def child_process(argv: Sequence[str], *, log_path: Path, ready: Callable[[], bool],
-                  what: str, timeout: float = 30.0, env: dict[str, str] | None = None,
-                  cwd: Path | None = None) -> Iterator[ChildProcess]:
+def child_process(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    ready: Callable[[], bool],
+    what: str,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[ChildProcess]:
     """Start ``argv``, wait for ``ready``, yield it, and stop it by PID afterwards."""
     child = ChildProcess(argv, log_path=log_path, env=env, cwd=cwd)
     try:

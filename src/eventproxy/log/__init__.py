@@ -41,7 +41,7 @@ def file_path_from_url(url: str) -> str:
 
 async def open_log(url: str, *, readonly: bool = False) -> RouteLog:
     """Open the route log that ``url`` names; ``readonly`` takes no writer lock (file logs)."""
-    if not isinstance(url, str) or "://" not in url and not url.startswith("file:"):
+    if not isinstance(url, str) or ("://" not in url and not url.startswith("file:")):
         raise InvalidLogURLError(
             f"log URL {url!r} must look like memory://, file:///path/routes.log or "
             "etcd://host:2379/prefix"

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import abc
 import bisect
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import gc
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,6 +40,22 @@ from ..table import RouteTable, fold_all
 __all__ = ["CompactionResult", "LocalRouteLog", "RouteLog"]
 
 _READ_CHUNK = 1024
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many long-lived objects.
+
+    Replay allocates hundreds of thousands of small objects that all stay alive; without the
+    pause the collector rescans them over and over (measured: about a third of replay time).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +72,10 @@ class RouteLog(abc.ABC):
 
     @abc.abstractmethod
     async def append(
-        self, events: Sequence[Event], *, actor: str = "eventproxy",
+        self,
+        events: Sequence[Event],
+        *,
+        actor: str = "eventproxy",
         expected_head: int | None = None,
     ) -> list[int]:
         """Append ``events`` as one atomic batch; return their seqs once durable.
@@ -102,7 +123,8 @@ class RouteLog(abc.ABC):
         records = await self.read(table.seq + 1)
         if at is not None:
             records = [r for r in records if r.seq <= at]
-        return fold_all(table, records)
+        with paused_gc():
+            return fold_all(table, records)
 
     async def __aenter__(self) -> RouteLog:
         return self
@@ -191,7 +213,7 @@ class LocalRouteLog(RouteLog):
 
     def _slice(self, from_seq: int, limit: int | None) -> list[Record]:
         from_seq = max(from_seq, 1)
-        if self._records and from_seq < self._records[0].seq or (
+        if (self._records and from_seq < self._records[0].seq) or (
             not self._records and from_seq <= self._base_seq
         ):
             raise CompactedError(
@@ -225,7 +247,10 @@ class LocalRouteLog(RouteLog):
     # -- the port --------------------------------------------------------------------------
 
     async def append(
-        self, events: Sequence[Event], *, actor: str = "eventproxy",
+        self,
+        events: Sequence[Event],
+        *,
+        actor: str = "eventproxy",
         expected_head: int | None = None,
     ) -> list[int]:
         self._check_open()

@@ -40,9 +40,9 @@ import anyio
 import anyio.to_thread
 
 from .._errors import CorruptLogError, LogError, LogLockedError, LogUnavailableError
-from ..events import Record, packb, record_from_wire, record_to_wire, unpackb
+from ..events import Record, packb, record_to_wire, records_from_wire, unpackb
 from ..snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
-from ._base import LocalRouteLog
+from ._base import LocalRouteLog, paused_gc
 from ._framing import FILE_MAGIC, encode_frame, scan
 
 __all__ = ["FileRouteLog"]
@@ -88,12 +88,16 @@ class FileRouteLog(LocalRouteLog):
 
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], *, readonly: bool = False, fsync: bool = True,
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        fsync: bool = True,
         poll_interval: float = 0.1,
     ) -> FileRouteLog:
         """Open (a writer creates the file if needed), recover a torn tail, load the records."""
-        self = cls(Path(path).absolute(), readonly=readonly, fsync=fsync,
-                   poll_interval=poll_interval)
+        absolute = Path(os.path.abspath(path))  # noqa: ASYNC240 - no I/O, only getcwd()
+        self = cls(absolute, readonly=readonly, fsync=fsync, poll_interval=poll_interval)
         await anyio.to_thread.run_sync(self._open_sync)
         return self
 
@@ -161,21 +165,26 @@ class FileRouteLog(LocalRouteLog):
                 offset=0,
             )
         result = scan(data, len(FILE_MAGIC))
-        snapshot, records = self._decode_frames(result.frames, None, [])
+        with paused_gc():
+            snapshot, records = self._decode_frames(result.frames, None, [])
         if result.torn_bytes:
             if recover:
                 log.warning(
                     "route log %s: dropping a torn tail of %d bytes at byte offset %d (an "
                     "append interrupted by a crash, never acknowledged); %d records kept",
-                    self.path, result.torn_bytes, result.valid_end, len(records),
+                    self.path,
+                    result.torn_bytes,
+                    result.valid_end,
+                    len(records),
                 )
                 with open(self.path, "r+b") as f:
                     f.truncate(result.valid_end)
                     if self._fsync:
                         os.fsync(f.fileno())
             else:
-                log.debug("route log %s: ignoring %d bytes being written", self.path,
-                          result.torn_bytes)
+                log.debug(
+                    "route log %s: ignoring %d bytes being written", self.path, result.torn_bytes
+                )
         self._install(snapshot, records)
         self._size = result.valid_end
         self._inode = stat.st_ino
@@ -190,25 +199,30 @@ class FileRouteLog(LocalRouteLog):
             try:
                 wire = unpackb(frame.payload)
             except Exception as exc:
-                raise CorruptLogError(f"{where}: undecodable frame: {exc}",
-                                      offset=frame.offset) from exc
+                raise CorruptLogError(
+                    f"{where}: undecodable frame: {exc}", offset=frame.offset
+                ) from exc
             kind = wire.get("type") if isinstance(wire, dict) else None
             if kind == "snapshot" and first:
                 snapshot = self._with_offset(snapshot_from_wire, wire, where, frame.offset)
                 head = snapshot.seq
-            elif kind == "batch" and isinstance(wire.get("records"), list) and wire["records"]:
-                for item in wire["records"]:
-                    record = self._with_offset(record_from_wire, item, where, frame.offset)
+            elif kind == "batch":
+                batch = self._with_offset(
+                    records_from_wire, wire.get("records"), where, frame.offset
+                )
+                for record in batch:
                     if record.seq != head + 1:
                         raise CorruptLogError(
                             f"{where}: sequence gap, expected seq {head + 1}, found {record.seq}",
-                            offset=frame.offset, seq=record.seq,
+                            offset=frame.offset,
+                            seq=record.seq,
                         )
                     records.append(record)
                     head = record.seq
             else:
-                raise CorruptLogError(f"{where}: unexpected frame (type {kind!r})",
-                                      offset=frame.offset)
+                raise CorruptLogError(
+                    f"{where}: unexpected frame (type {kind!r})", offset=frame.offset
+                )
             first = False
         return snapshot, records
 
@@ -285,8 +299,7 @@ class FileRouteLog(LocalRouteLog):
             except OSError as undo_exc:
                 self._broken = f"{exc}; undo failed: {undo_exc}"
             raise LogUnavailableError(
-                f"route log {self.path}: append failed and was rolled back: "
-                f"{exc.strerror or exc}"
+                f"route log {self.path}: append failed and was rolled back: {exc.strerror or exc}"
             ) from exc
         self._size = before + len(frame)
 
