@@ -38,6 +38,7 @@ __all__ = [
     "CompactionResult",
     "CorruptLogError",
     "Event",
+    "EventProxy",
     "EventProxyError",
     "InvalidLogURLError",
     "InvalidRouteDataError",

@@ -203,7 +203,8 @@ def _parse_cached(spec: str, host_routing: bool | None) -> RouteSpec:
                     f"routespec {spec!r}: {_describe(ch)} at position {i} in the host part"
                 )
         _check_host(spec, host)
-    if host_routing is True and host is None:
+    if host_routing is True and host is None and spec != "/":
+        # "/" is JupyterHub's default (hub) route, valid in both routing modes.
         raise InvalidRoutespecError(
             f"routespec {spec!r}: host routing is enabled, so a routespec must start with a host "
             "('host.example.com/path/')"

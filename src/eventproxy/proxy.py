@@ -1,0 +1,357 @@
+"""``EventProxy``: JupyterHub's proxy API on top of the route log and a data plane.
+
+``c.JupyterHub.proxy_class = "eventproxy"`` with nothing else gives: routes appended to a file
+log next to the hub's database, served by the pure-Python data plane inside the hub process on
+the hub's public URL. No nodejs, no traefik, no etcd; routes survive a hub restart.
+
+Theory of operation
+-------------------
+* Every ``add_route`` / ``delete_route`` becomes an event. Calls that arrive while an append is
+  in flight are *group-committed*: the next append carries all of them as one atomic batch
+  (one fsync), so a burst of 1,000 adds costs a handful of fsyncs, not 1,000.
+* After an append, the proxy *catches up*: it reads the new records from the log, folds them into
+  its table and applies the difference to the in-process data plane, synchronously (a routing
+  table change is one step; requests in flight keep their backend). Only then do the callers'
+  awaits return: a route is visible when ``add_route`` returns.
+* ``get_all_routes`` reads the folded table in memory (never the store), adding
+  ``last_activity`` from the data plane's activity records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import anyio
+from jupyterhub.proxy import Proxy
+from jupyterhub.utils import url_path_join
+from traitlets import Float, Unicode, default, validate
+
+from eventproxy_dataplane import (
+    DataPlane,
+    ProxySettings,
+    RouterSpec,
+    RoutingTable,
+    ServerSpec,
+    ServiceSpec,
+)
+
+from ._errors import EventProxyError, VisibilityTimeoutError
+from .events import Event, RouteAdded, RouteRemoved
+from .log import RouteLog, open_log
+from .log._base import paused_gc
+from .routespec import parse_routespec
+from .table import RouteEntry, RouteTable, fold_all
+from .traefik import name_for, priority_for, routespec_from_name, rule_for
+
+__all__ = ["EventProxy"]
+
+DATA_PLANES = ("inprocess", "traefik", "external")
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _plane_entry(entry: RouteEntry) -> tuple[RouterSpec, ServiceSpec]:
+    spec = parse_routespec(entry.routespec)
+    name = name_for(entry.routespec)
+    router = RouterSpec(name=name, rule=rule_for(spec), service=name, priority=priority_for(spec))
+    service = ServiceSpec(name=name, servers=(ServerSpec(url=entry.target),))
+    return router, service
+
+
+class _Pending:
+    """Events waiting for the next group commit, with the futures of their callers."""
+
+    __slots__ = ("events", "waiters")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.waiters: list[asyncio.Future[None]] = []
+
+
+class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
+    """A JupyterHub proxy whose routing table is an event log (memory, file or etcd)."""
+
+    log_url = Unicode(
+        "",
+        config=True,
+        help="""Where the route log lives: memory://NAME (tests), file:///path/routes.log, or
+        etcd://host:2379/prefix. Default: file eventproxy-routes.log next to the hub's
+        sqlite database (the hub's working directory with JupyterHub's defaults).""",
+    )
+    data_plane = Unicode(
+        "inprocess",
+        config=True,
+        help="""Which data plane serves user traffic: "inprocess" (the pure-Python data plane
+        inside the hub process, on the hub's public URL), "traefik" or "external".""",
+    )
+    visibility_timeout = Float(
+        10.0,
+        config=True,
+        help="Seconds add_route/delete_route wait for a change to be durable and visible.",
+    )
+    actor = Unicode(config=True, help="Who the log records as the writer of route events.")
+    error_target = Unicode(
+        config=True,
+        help="""URL whose /<status> pages are served for 404/502/503/504 (like
+        configurable-http-proxy's --error-target). Default: the hub's /hub/error.""",
+    )
+    backend_connect_timeout = Float(
+        10.0, config=True, help="Seconds to connect to a single-user server."
+    )
+
+    @default("actor")
+    def _default_actor(self) -> str:
+        return f"jupyterhub@{socket.gethostname()}:{os.getpid()}"
+
+    @default("log_url")
+    def _default_log_url(self) -> str:
+        directory = os.getcwd()
+        db_url = str(getattr(self.app, "db_url", "") or "")
+        if db_url.startswith("sqlite:///") and ":memory:" not in db_url:
+            directory = os.path.dirname(os.path.abspath(db_url[len("sqlite:///") :])) or directory
+        return "file://" + os.path.join(directory, "eventproxy-routes.log")
+
+    @default("error_target")
+    def _default_error_target(self) -> str:
+        hub_url = getattr(self.hub, "url", None)
+        return url_path_join(hub_url, "error") if hub_url else ""
+
+    @validate("data_plane")
+    def _check_data_plane(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        if value not in DATA_PLANES:
+            raise ValueError(f"EventProxy.data_plane must be one of {DATA_PLANES}, not {value!r}")
+        return value
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._log: RouteLog | None = None
+        self._table = RouteTable()
+        self._plane: DataPlane | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._open_lock: asyncio.Lock | None = None
+        self._pending = _Pending()
+        self._flushing = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _require_inprocess(self) -> None:
+        if self.data_plane != "inprocess":
+            raise EventProxyError(
+                f"EventProxy.data_plane = {self.data_plane!r} is not available in this version "
+                "of eventproxy; use the default, 'inprocess'"
+            )
+
+    async def _ensure_open(self) -> RouteLog:
+        if self._log is not None:
+            return self._log
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._log is None:
+                self._require_inprocess()
+                log = await open_log(self.log_url)
+                self._table = await log.load_table()
+                self._log = log
+                self.log.info(
+                    "eventproxy: route log %s at seq %d with %d route(s)",
+                    self.log_url,
+                    self._table.seq,
+                    len(self._table),
+                )
+        return self._log
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not (self.ssl_cert and self.ssl_key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.ssl_cert, self.ssl_key)
+        return context
+
+    async def start(self) -> None:
+        """Open the log and start serving the public URL with the in-process data plane."""
+        self._require_inprocess()
+        await self._ensure_open()
+        if self._serve_task is not None:
+            return
+        settings = ProxySettings(
+            error_target=self.error_target or None, connect_timeout=self.backend_connect_timeout
+        )
+        self._plane = DataPlane(RoutingTable(), settings)
+        problems = self._plane.table.apply([_plane_entry(e) for e in self._table.values()], [])
+        for problem in problems:
+            self.log.error(
+                "eventproxy: data plane refused a route: %s: %s", problem.where, problem.message
+            )
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._serve_task = asyncio.create_task(self._serve(ready), name="eventproxy-dataplane")
+        try:
+            where = await ready
+        except BaseException:
+            self._serve_task = None
+            raise
+        self.log.info("eventproxy: in-process data plane serving %s (%s)", self.public_url, where)
+
+    async def _serve(self, ready: asyncio.Future[str]) -> None:
+        plane = self._plane
+        assert plane is not None
+        url = urlsplit(self.public_url or "http://:8000/")
+        try:
+            async with anyio.create_task_group() as tg:
+                if url.scheme == "http+unix":
+                    path = unquote(url.netloc)
+                    await tg.start(plane.serve_unix, path)
+                    where = f"unix socket {path}"
+                else:
+                    host = url.hostname or ""
+                    port = url.port or (443 if url.scheme == "https" else 80)
+                    context = self._ssl_context()
+                    bound = await tg.start(
+                        lambda task_status: plane.serve_tcp(
+                            host, port, ssl_context=context, task_status=task_status
+                        )
+                    )
+                    where = f"{host or '*'}:{bound}{' TLS' if context else ''}"
+                ready.set_result(where)
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(
+                    EventProxyError(f"eventproxy could not serve {self.public_url}: {exc}")
+                    if isinstance(exc, Exception)
+                    else exc
+                )
+                return
+            raise
+
+    async def stop(self) -> None:
+        """Stop serving and close the log."""
+        task, self._serve_task = self._serve_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        log, self._log = self._log, None
+        if log is not None:
+            await log.aclose()
+        self._plane = None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _commit(self, event: Event) -> None:
+        """Append ``event`` (group-committed with concurrent callers) and wait until visible."""
+        await self._ensure_open()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.events.append(event)
+        self._pending.waiters.append(waiter)
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.visibility_timeout)
+        except TimeoutError:
+            raise VisibilityTimeoutError(
+                f"route change for {event.routespec!r} was not confirmed durable and visible "
+                f"within {self.visibility_timeout}s (log {self.log_url}); it may still apply"
+            ) from None
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending.events:
+                batch, self._pending = self._pending, _Pending()
+                try:
+                    assert self._log is not None
+                    await self._log.append(batch.events, actor=self.actor)
+                    self._catch_up_sync(await self._log.read(self._table.seq + 1))
+                except Exception as exc:
+                    for waiter in batch.waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                else:
+                    for waiter in batch.waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+        finally:
+            self._flushing = False
+
+    def _catch_up_sync(self, records: Iterable[Any]) -> None:
+        """Fold new records into the table and apply the difference to the data plane."""
+        before = self._table
+        with paused_gc():
+            after = fold_all(before, records)
+        self._table = after
+        plane = self._plane
+        if plane is None:
+            return
+        upserts = []
+        removals = []
+        changed = {r.event.routespec for r in records}
+        for spec in changed:
+            entry = after.get(spec)
+            if entry is None:
+                if spec in before:
+                    removals.append(name_for(spec))
+            elif before.get(spec) != entry:
+                upserts.append(_plane_entry(entry))
+        problems = plane.table.apply(upserts, removals)
+        for problem in problems:
+            self.log.error(
+                "eventproxy: data plane refused a route: %s: %s", problem.where, problem.message
+            )
+
+    # -- JupyterHub's proxy API ------------------------------------------------------------
+
+    async def add_route(self, routespec: str, target: str, data: dict[str, Any]) -> None:
+        spec = parse_routespec(routespec, host_routing=bool(self.host_routing))
+        await self._commit(RouteAdded(spec.raw, target, data))
+
+    async def delete_route(self, routespec: str) -> None:
+        spec = parse_routespec(routespec, host_routing=bool(self.host_routing))
+        await self._ensure_open()
+        pending = any(e.routespec == spec.raw for e in self._pending.events)
+        if spec.raw not in self._table and not pending:
+            return  # idempotent: nothing to delete, nothing to record
+        await self._commit(RouteRemoved(spec.raw))
+
+    def _activity(self) -> dict[str, str]:
+        if self._plane is None:
+            return {}
+        activity = {}
+        for name, ts in self._plane.activity().items():
+            spec = routespec_from_name(name)
+            if spec is not None:
+                activity[spec] = _iso(ts)
+        return activity
+
+    async def get_all_routes(self) -> dict[str, dict[str, Any]]:
+        await self._ensure_open()
+        activity = self._activity()
+        routes = {}
+        for spec, entry in self._table.items():
+            route = entry.as_jupyterhub()
+            if spec in activity:
+                route["data"]["last_activity"] = activity[spec]
+            routes[spec] = route
+        return routes
+
+    async def get_route(self, routespec: str) -> dict[str, Any] | None:
+        spec = parse_routespec(routespec, host_routing=bool(self.host_routing))
+        await self._ensure_open()
+        entry = self._table.get(spec.raw)
+        if entry is None:
+            return None
+        route = entry.as_jupyterhub()
+        last = self._activity().get(spec.raw)
+        if last is not None:
+            route["data"]["last_activity"] = last
+        return route
