@@ -20,6 +20,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -237,10 +238,8 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         task, self._serve_task = self._serve_task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         log, self._log = self._log, None
         if log is not None:
             await log.aclose()

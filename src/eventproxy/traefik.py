@@ -11,7 +11,7 @@
   when it holds no backtick, else as a Go double-quoted string with ``\\xNN`` escapes; since
   routespec validation already refuses control characters, every routespec is represented
   exactly and nothing in it can end the string early.
-* **Priority.** Explicit: ``2 × (bytes of the decoded path) + 1 if a host is given``, so the
+* **Priority.** Explicit: ``2 * (bytes of the decoded path) + 1 if a host is given``, so the
   longest prefix wins and, for the same path, a host-specific route wins over a host-less one —
   in traefik and in the pure-Python data plane alike, whatever the rule text's length.
 """
