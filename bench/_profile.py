@@ -20,6 +20,7 @@ from typing import Any
 
 from bench._support import ToolMissing
 
+EMPTY_STACK = "(no stack: sample not unwound)"
 FRAME = re.compile(r"^(?P<func>.*) \((?P<path>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Most specific first: the first hit in a frame's path names its package.
 PACKAGES = [
@@ -36,6 +37,25 @@ PACKAGES = [
     "ssl",
     "tomllib",
 ]
+
+
+# Function names (as ``short`` prints them) of the runners under every stack.
+BOOTSTRAP = [
+    r"^Runner\.run ", r"^run \(_eventloop\.py\)", r"^\w*Backend\.run ", r"^main \(cli\.py\)",
+    r"^run \(uvloop", r"^run \(_run\.py\)", r"^_run_module_as_main", r"^_run_code",
+]  # fmt: skip
+# Where a proxy's time goes, by frame pattern (matched against ``function (path:line)``).
+CATEGORIES = {
+    "h11 (parse, validate, serialise)": r"\(h11/",
+    "wsproto": r"\(wsproto/",
+    "socket send (anyio SocketStream.send*)": r"^SocketStream\.send",
+    "socket receive (anyio SocketStream.receive)": r"^SocketStream\.receive",
+    "backend pool (acquire, connect, release)": r"^BackendPool\.|connect_tcp",
+    "routing lookup": r"_routing\.py|RoutingTable",
+    "timeouts / cancel scopes": r"CancelScope|fail_after|move_on_after",
+    "headers (X-Forwarded, hop-by-hop)": r"_proxy_headers\.py",
+    "activity recording": r"_activity\.py",
+}
 
 
 def py_spy() -> str:
@@ -68,10 +88,11 @@ def parse_collapsed(lines: Iterable[str]) -> list[tuple[list[str], int]]:
         line = line.rstrip("\n")
         if not line.strip():
             continue
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        stack, sep, count = line.rpartition(" ")
+        if not sep or not count.isdigit():
             raise ValueError(f"collapsed-stack line {number} is malformed: {line[:200]!r}")
-        stacks.append((stack.split(";"), int(count)))
+        # py-spy writes an empty stack (" 14") for samples it could not unwind.
+        stacks.append((stack.split(";") if stack else [EMPTY_STACK], int(count)))
     return stacks
 
 
@@ -95,8 +116,22 @@ def short(frame: str) -> str:
     return f"{m.group('func')} ({m.group('path').rsplit('/', 1)[-1]})"
 
 
-def summarize(stacks: list[tuple[list[str], int]], *, top: int = 15) -> dict[str, Any]:
-    """Self time by package and by function, and inclusive time by function, in % of samples."""
+def _is_bootstrap(frame: str) -> bool:
+    """Frames that sit under everything (runpy, main, the loop's run): they say nothing."""
+    name = short(frame)
+    return (
+        name.startswith("<module>")
+        or "<frozen" in frame
+        or any(re.search(p, name) for p in BOOTSTRAP)
+    )
+
+
+def summarize(stacks: list[tuple[list[str], int]], *, top: int = 20) -> dict[str, Any]:
+    """Self time by package and function; inclusive time by function and category (% of samples).
+
+    Categories are inclusive: a sample counts once in each category one of its frames matches,
+    so they overlap (h11 called from a socket send would count in both) and need not sum to 100.
+    """
     total = sum(count for _, count in stacks)
     if total == 0:
         return {"samples": 0}
@@ -104,31 +139,34 @@ def summarize(stacks: list[tuple[list[str], int]], *, top: int = 15) -> dict[str
     self_fn: Counter[str] = Counter()
     incl_fn: Counter[str] = Counter()
     incl_pkg: Counter[str] = Counter()
+    incl_cat: Counter[str] = Counter()
     for frames, count in stacks:
         if not frames:
             continue
         leaf = frames[-1]
         self_pkg[package_of(leaf)] += count
         self_fn[short(leaf)] += count
-        for name in {short(f) for f in frames}:
+        for name in {short(f) for f in frames if not _is_bootstrap(f)}:
             incl_fn[name] += count
         for pkg in {package_of(f) for f in frames}:
             incl_pkg[pkg] += count
+        for category, pattern in CATEGORIES.items():
+            if any(re.search(pattern, f) for f in frames):
+                incl_cat[category] += count
 
     def pct(counter: Counter[str], limit: int | None = None) -> dict[str, float]:
         return {k: round(100 * v / total, 1) for k, v in counter.most_common(limit)}
 
-    # Frames on (nearly) every stack -- runpy, main(), the loop's run() -- say nothing.
-    inclusive = Counter({k: v for k, v in incl_fn.items() if v < 0.97 * total})
     return {
         "samples": total,
         "self_by_package_pct": pct(self_pkg),
         "inclusive_by_package_pct": pct(incl_pkg),
+        "inclusive_by_category_pct": pct(incl_cat),
         "top_self_pct": pct(self_fn, top),
-        "top_inclusive_pct": pct(inclusive, top),
+        "top_inclusive_pct": pct(incl_fn, top),
     }
 
 
-def summarize_file(path: Path, *, top: int = 15) -> dict[str, Any]:
+def summarize_file(path: Path, *, top: int = 20) -> dict[str, Any]:
     with path.open(encoding="utf-8", errors="replace") as f:
         return summarize(parse_collapsed(f), top=top)

@@ -49,8 +49,12 @@ CONNECTIONS = 50
 THREADS = 2
 PATTERN = "/user/user%04d/api/status"
 WS_PATH = "/user/user0500/api/kernels/ws"
-# (name, extra CLI arguments) for each data-plane variant measured.
-DATAPLANE_VARIANTS: list[tuple[str, list[str]]] = [("dataplane", [])]
+# (name, extra CLI arguments) for each data-plane variant measured: the default (asyncio, on
+# uvloop when installed -- the `fast` extra) and trio.
+DATAPLANE_VARIANTS: list[tuple[str, list[str]]] = [
+    ("dataplane", ["--loop", "asyncio", "--log-level", "WARNING"]),
+    ("dataplane-trio", ["--loop", "trio", "--log-level", "WARNING"]),
+]
 MAX_ERROR_FRACTION = 0.001
 
 
@@ -191,7 +195,7 @@ def run(ctx: Any) -> dict[str, Any]:
             if name in measured:
                 try:
                     profiles[name] = _profile(targets[name], duration, results_dir)
-                except (OSError, ToolMissing, LoadError) as exc:
+                except (OSError, ValueError, ToolMissing, LoadError) as exc:
                     profiles[name] = {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}"}
 
     http = {name: _http_summary(r) for name, r in measured.items()}

@@ -110,6 +110,7 @@ def test_profile_summary() -> None:
     assert package_of("x (anyio/streams/memory.py:3)") == "anyio"
     with pytest.raises(ValueError, match="line 1 is malformed"):
         parse_collapsed(["no count here\n"])
+    assert parse_collapsed([" 14\n"]) == [(["(no stack: sample not unwound)"], 14)]
 
 
 def test_percentile_nearest_rank() -> None:
