@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import anyio
 
 from ._errors import EventProxyError
+from .demo import add_demo_arguments, cmd_demo
 from .events import Record, RouteAdded
 from .log import RouteLog, open_log
 from .routespec import validate_routespec
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable JSON output")
         p.set_defaults(func=func)
         return p
+
+    p = add("demo", cmd_demo, "Run a real JupyterHub behind eventproxy on 127.0.0.1.")
+    add_demo_arguments(p)
 
     p = add("log", cmd_log, "List route events.")
     p.add_argument("--routespec", type=parse_routespec_arg, help="only this routespec")
