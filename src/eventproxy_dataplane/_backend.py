@@ -27,6 +27,7 @@ from ._errors import (
     BackendProtocolError,
     BackendTimeoutError,
 )
+from ._proxy_fast import connect_fast, fast_edge_available
 from ._settings import ProxySettings
 
 _RECEIVE_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -142,10 +143,15 @@ class BackendPool:
     async def connect(self, url: str) -> BackendConnection:
         addr = self.address(url)
         settings = self._settings
+        fast = settings.io_edge == "auto" and fast_edge_available()
         try:
             with anyio.fail_after(settings.connect_timeout):
-                if addr.tls:
-                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                if fast:
+                    stream: anyio.abc.ByteStream = await connect_fast(
+                        addr.host, addr.port, ssl_context=self._tls_context() if addr.tls else None
+                    )
+                elif addr.tls:
+                    stream = await anyio.connect_tcp(
                         addr.host,
                         addr.port,
                         tls=True,
@@ -162,6 +168,11 @@ class BackendPool:
             raise BackendConnectError(f"cannot connect to backend {url}: {exc}") from None
         self.opened += 1
         return BackendConnection(addr, stream, settings)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
 
     async def release(self, conn: BackendConnection) -> None:
         """Return ``conn`` to the pool if its exchange ended cleanly, else close it."""

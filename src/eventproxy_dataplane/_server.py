@@ -24,6 +24,7 @@ import h11
 from anyio.streams.tls import TLSListener
 
 from ._proxy import ClientConnection, ProxyState
+from ._proxy_fast import FastStream, fast_edge_available, serve_fast
 from ._routing import RoutingTable
 from ._settings import ProxySettings
 
@@ -102,9 +103,12 @@ class DataPlane:
 
         ``task_status.started`` receives the bound port (useful with ``port=0``).
         """
+        tls = ssl_context is not None
+        if self.settings.io_edge == "auto" and fast_edge_available():
+            await self._serve_tcp_fast(host, port, ssl_context, task_status)
+            return
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
         bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
-        tls = ssl_context is not None
         serving: anyio.abc.Listener[Any] = listener
         if ssl_context is not None:
             serving = TLSListener(listener, ssl_context, standard_compatible=False)
@@ -114,6 +118,31 @@ class DataPlane:
             await ClientConnection(self._state, stream, client_ip=_peer_ip(stream), tls=tls).run()
 
         await self._serve(serving, handle, task_status, bound)
+
+    async def _serve_tcp_fast(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        task_status: anyio.abc.TaskStatus[int],
+    ) -> None:
+        tls = ssl_context is not None
+        state = self._state
+
+        async def handle(stream: FastStream) -> None:
+            await ClientConnection(state, stream, client_ip=_peer_ip(stream), tls=tls).run()
+
+        try:
+            await serve_fast(
+                host,
+                port,
+                handle,
+                ssl_context=ssl_context,
+                task_status=task_status,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await state.pool.aclose()
 
     async def serve_unix(
         self, path: str, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED

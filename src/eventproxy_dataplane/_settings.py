@@ -32,6 +32,9 @@ class ProxySettings:
     error_fetch_timeout:      fetching a page from ``error_target``
     activity_interval:        a router's last activity is recorded at most this often
     read_size:                bytes asked for per socket read
+    io_edge:                  "auto": on asyncio, sockets are asyncio protocols (the fast edge,
+                              uvloop-friendly), on trio anyio streams; "anyio": anyio streams
+                              everywhere (the reference edge)
     """
 
     connect_timeout: float | None = 10.0
@@ -46,10 +49,11 @@ class ProxySettings:
     error_fetch_timeout: float = 5.0
     activity_interval: float = 1.0
     read_size: int = 65536
+    io_edge: str = "auto"
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name == "error_target":
+            if f.name in ("error_target", "io_edge"):
                 continue
             value = getattr(self, f.name)
             if value is None and f.name in _OPTIONAL:
@@ -63,6 +67,10 @@ class ProxySettings:
                 raise SettingsError(
                     f"ProxySettings.{f.name} must be a positive finite number, got {value!r}"
                 )
+        if self.io_edge not in ("auto", "anyio"):
+            raise SettingsError(
+                f"ProxySettings.io_edge must be 'auto' or 'anyio', got {self.io_edge!r}"
+            )
         if self.error_target is not None:
             parts = urlsplit(self.error_target)
             if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -15,7 +15,7 @@ from support.backends import (
     status_of,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("io_edge")]
 
 
 async def test_forwards_request_and_sets_forwarded_headers() -> None:
@@ -219,3 +219,5 @@ async def test_settings_reject_bad_values() -> None:
         ProxySettings(max_header_count=1.5)  # type: ignore[arg-type]
     with pytest.raises(SettingsError, match="error_target"):
         ProxySettings(error_target="ftp://x")
+    with pytest.raises(SettingsError, match="io_edge must be 'auto' or 'anyio'"):
+        ProxySettings(io_edge="gevent")

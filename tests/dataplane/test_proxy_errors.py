@@ -26,7 +26,7 @@ from support.backends import (
     status_of,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("io_edge")]
 
 
 async def test_404_without_route_keeps_the_connection() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from support.backends import HTTPBackend, make_table, raw_exchange, running_proxy, status_of
 
 from eventproxy_dataplane import ProxySettings
+from support.backends import HTTPBackend, make_table, raw_exchange, running_proxy, status_of
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("io_edge")]
 
 HOSTILE = {
     "content-length-and-transfer-encoding": (

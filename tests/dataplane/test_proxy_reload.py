@@ -7,7 +7,7 @@ import pytest
 
 from support.backends import HTTPBackend, HTTPClient, make_table, running_proxy
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("io_edge")]
 
 
 async def test_request_in_flight_finishes_on_its_original_backend() -> None:

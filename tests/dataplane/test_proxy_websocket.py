@@ -19,7 +19,7 @@ from support.backends import (
     running_proxy,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("io_edge")]
 
 
 class WSClient:

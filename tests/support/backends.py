@@ -24,6 +24,7 @@ messages; the text message ``close:CODE`` makes it close with that code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -463,6 +464,10 @@ def make_table(
     return table
 
 
+# The I/O edge running_proxy() uses; the ``io_edge`` fixture of tests/dataplane sets it.
+PROXY_IO_EDGE = ["auto"]
+
+
 @dataclass
 class RunningProxy:
     plane: DataPlane
@@ -476,7 +481,8 @@ async def running_proxy(
     """A DataPlane serving on a free 127.0.0.1 port; cancelled (and closed) on exit."""
     from eventproxy_dataplane import DataPlane, ProxySettings
 
-    plane = DataPlane(table, settings or ProxySettings())
+    settings = dataclasses.replace(settings or ProxySettings(), io_edge=PROXY_IO_EDGE[0])
+    plane = DataPlane(table, settings)
     async with anyio.create_task_group() as tg:
         port = await tg.start(plane.serve_tcp, LOOPBACK, 0)
         try:

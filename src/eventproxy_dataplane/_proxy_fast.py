@@ -1,0 +1,269 @@
+"""The fast I/O edge for asyncio: byte streams over a bare ``asyncio.Protocol`` (uvloop-friendly).
+
+The proxy core (:mod:`._proxy`, h11 plus the pure header rules) only needs byte streams with
+``receive``/``send``/``aclose``. anyio's asyncio streams pay for generality on every call: each
+``receive`` resumes and pauses the transport (two event-loop registrations) and each call is a
+scheduling checkpoint. :class:`FastStream` is the same interface over a protocol that keeps
+reading while its buffer is below a high-water mark, returns buffered data without a round trip
+through the loop, and writes straight to the transport, waiting only while the transport says
+its write buffer is full (``pause_writing``/``resume_writing``). Back-pressure holds both ways:
+a full read buffer pauses reading from the socket; a full write buffer suspends the writer.
+
+The listener (:func:`serve_fast`) starts one asyncio task per accepted connection and, when it
+is cancelled, closes the server, cancels those tasks and waits for them. anyio cancel scopes
+and task groups work inside these tasks, so the core runs unchanged on either edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+
+logger = logging.getLogger("eventproxy_dataplane")
+
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+
+
+class _StreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "buffer",
+        "drain_waiter",
+        "eof",
+        "exc",
+        "loop",
+        "lost",
+        "on_made",
+        "read_paused",
+        "read_waiter",
+        "size",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_made: Callable[[_StreamProtocol], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.on_made = on_made
+        self.transport: asyncio.Transport | None = None
+        self.buffer: deque[bytes] = deque()
+        self.size = 0
+        self.read_waiter: asyncio.Future[None] | None = None
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.read_paused = False
+        self.write_paused = False
+        self.eof = False
+        self.lost = False
+        self.exc: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the Transport interface without subclassing it
+        self.transport = transport  # type: ignore[assignment]
+        if self.on_made is not None:
+            self.on_made(self)
+
+    def _wake_reader(self) -> None:
+        waiter = self.read_waiter
+        if waiter is not None:
+            self.read_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None:
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer.append(data)
+        self.size += len(data)
+        if self.read_waiter is not None:
+            self._wake_reader()
+        if self.size > _HIGH_WATER and not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return True  # keep the write side open; the stream's owner closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.eof = True
+        self.exc = exc
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+
+class FastStream(anyio.abc.ByteStream):
+    """An anyio byte stream over :class:`_StreamProtocol` (asyncio only)."""
+
+    def __init__(self, protocol: _StreamProtocol) -> None:
+        assert protocol.transport is not None
+        self._p = protocol
+        self._transport = protocol.transport
+        self._closed = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        p = self._p
+        while not p.buffer:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if p.eof:
+                if p.exc is not None:
+                    raise anyio.BrokenResourceError from p.exc
+                raise anyio.EndOfStream
+            waiter = p.loop.create_future()
+            p.read_waiter = waiter
+            try:
+                await waiter
+            finally:
+                p.read_waiter = None
+        chunk = p.buffer.popleft()
+        if len(chunk) > max_bytes:
+            p.buffer.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        p.size -= len(chunk)
+        if p.read_paused and p.size < _LOW_WATER and not p.lost:
+            p.read_paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    async def send(self, item: bytes) -> None:
+        p = self._p
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if p.lost or self._transport.is_closing():
+            raise anyio.BrokenResourceError from p.exc
+        self._transport.write(item)
+        while p.write_paused:
+            if p.lost:
+                raise anyio.BrokenResourceError from p.exc
+            waiter = p.loop.create_future()
+            p.drain_waiter = waiter
+            try:
+                await waiter
+            finally:
+                p.drain_waiter = None
+        if p.lost:
+            raise anyio.BrokenResourceError from p.exc
+
+    async def send_eof(self) -> None:
+        if self._transport.can_write_eof() and not self._transport.is_closing():
+            self._transport.write_eof()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._transport.close()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        transport = self._transport
+        return {
+            anyio.abc.SocketAttribute.remote_address: lambda: transport.get_extra_info("peername"),
+            anyio.abc.SocketAttribute.local_address: lambda: transport.get_extra_info("sockname"),
+            anyio.abc.SocketAttribute.raw_socket: lambda: transport.get_extra_info("socket"),
+        }
+
+
+def fast_edge_available() -> bool:
+    """True when running on asyncio (the fast edge needs an asyncio event loop)."""
+    try:
+        import sniffio
+    except ImportError:  # pragma: no cover - anyio installs sniffio on the versions we use
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+    try:
+        return sniffio.current_async_library() == "asyncio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+
+
+async def connect_fast(
+    host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+) -> FastStream:
+    """Open a TCP (or TLS) connection as a :class:`FastStream`; raises ``OSError``."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(
+        lambda: _StreamProtocol(loop),
+        host,
+        port,
+        ssl=ssl_context,
+        server_hostname=host if ssl_context is not None else None,
+    )
+    return FastStream(protocol)
+
+
+async def serve_fast(
+    host: str,
+    port: int,
+    handler: Callable[[FastStream], Coroutine[Any, Any, None]],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on ``host:port`` and run ``handler`` for each, until cancelled."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def made(protocol: _StreamProtocol) -> None:
+        task = loop.create_task(handler(FastStream(protocol)))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    server = await loop.create_server(
+        lambda: _StreamProtocol(loop, made),
+        host,
+        port,
+        ssl=ssl_context,
+        reuse_address=True,
+        backlog=1024,
+    )
+    try:
+        bound = next(
+            s.getsockname()[1]
+            for s in server.sockets
+            if s.family in (socket.AF_INET, socket.AF_INET6)
+        )
+        logger.info(
+            "data plane listening on %s:%d%s (asyncio protocol edge)",
+            host,
+            bound,
+            " (TLS)" if ssl_context is not None else "",
+        )
+        task_status.started(int(bound))
+        await anyio.sleep_forever()
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
