@@ -262,6 +262,19 @@ def hub_config(settings: DemoSettings) -> str:
     return "\n".join(lines)
 
 
+def write_lab_settings(home: Path) -> None:
+    """Quiet JupyterLab for the demo: no news pop-up, no update checks (they fetch from the web).
+
+    Written as the user's own JupyterLab settings, only where the user has none yet.
+    """
+    path = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings = path / "notification.jupyterlab-settings"
+    if settings.exists():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}) + "\n")
+
+
 def prepare(args: argparse.Namespace) -> DemoSettings:
     """Check the machine, pick the ports, make the workdir and write the hub's config."""
     require_jupyterlab()
@@ -289,6 +302,8 @@ def prepare(args: argparse.Namespace) -> DemoSettings:
         log_url=resolve_log_url(args.log_url, workdir),
         allow_root=hasattr(os, "geteuid") and os.geteuid() == 0,
     )
+    for user in settings.users:
+        write_lab_settings(settings.workdir / "home" / user)
     config = workdir / CONFIG_NAME
     # The config holds the demo password: readable by this user only.
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
