@@ -54,7 +54,8 @@ class ChildProcess:
         return self.proc.pid
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def check_alive(self) -> None:
@@ -74,13 +75,15 @@ class ChildProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
     def kill(self) -> None:
         """SIGKILL the process (and its group) right now, as a crash would."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        self._log.close()
 
 
 def wait_until(

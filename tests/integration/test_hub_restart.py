@@ -1,0 +1,77 @@
+"""A real JupyterHub behind EventProxy, killed with SIGKILL and restarted.
+
+200 users with running servers; after the restart every route is served within 1 s of the hub
+answering, and JupyterHub's check_routes changes nothing (the route log does not grow).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eventproxy.cli import main as cli
+from hub_support import Hub, shared_backend
+from support import wait_until
+
+pytestmark = pytest.mark.services
+
+USERS = 200
+
+
+def log_head(workdir: Path) -> int:
+    import io
+
+    out = io.StringIO()
+    assert cli(["replay", "--json", "--log-url", f"file://{workdir}/eventproxy-routes.log"],
+               out=out) == 0
+    return int(json.loads(out.getvalue())["seq"])
+
+
+def test_routes_survive_sigkill_and_check_routes_changes_nothing(tmp_path: Path) -> None:
+    names = [f"user{i:03d}" for i in range(USERS)]
+    with shared_backend() as backend_port:
+        hub = Hub(tmp_path, backend_port)
+        hub.start()
+        try:
+            hub.create_users(names)
+            with httpx.Client(headers=hub.headers(), timeout=60) as client:
+                for name in names:
+                    r = client.post(f"{hub.api}/users/{name}/server")
+                    assert r.status_code in (201, 202), r.text
+
+            def all_ready() -> bool:
+                return all(u["servers"].get("", {}).get("ready") for u in hub.users())
+
+            wait_until(all_ready, timeout=120, what="200 servers ready", poll=0.5)
+            wait_until(hub.is_running, timeout=30, what="hub fully started")
+            with httpx.Client(timeout=10) as client:
+                r = client.get(f"{hub.url}/user/user007/lab")
+                assert r.status_code == 200 and r.text == "backend /user/user007/lab"
+            head_before = log_head(tmp_path)
+            assert head_before >= USERS + 1  # the hub route and 200 user routes
+
+            hub.kill()
+            hub.start()  # returns as soon as /hub/health answers through the proxy
+            hub_up = time.monotonic()
+            served = 0
+            with httpx.Client(timeout=5) as client:
+                for name in names:
+                    r = client.get(f"{hub.url}/user/{name}/api/status")
+                    assert r.status_code == 200, (name, r.status_code, r.text[:200])
+                    assert r.text == f"backend /user/{name}/api/status"
+                    served += 1
+            elapsed = time.monotonic() - hub_up
+            assert served == USERS
+            assert elapsed < 1.0, f"200 routes served {elapsed:.2f}s after the hub was up"
+
+            wait_until(hub.is_running, timeout=60, what="restarted hub finished check_routes")
+            assert log_head(tmp_path) == head_before, "check_routes changed routes"
+            output = hub.child.output() if hub.child else ""
+            for change in ("Adding missing route", "Deleting stale route", "Updating route"):
+                assert change not in output
+        finally:
+            hub.stop()
