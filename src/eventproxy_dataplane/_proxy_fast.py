@@ -225,9 +225,14 @@ async def serve_fast(
     handler: Callable[[FastStream], Coroutine[Any, Any, None]],
     *,
     ssl_context: ssl.SSLContext | None = None,
-    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    unix_path: str | None = None,
+    task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept connections on ``host:port`` and run ``handler`` for each, until cancelled."""
+    """Accept connections and run ``handler`` for each, until cancelled.
+
+    TCP on ``host:port`` (``task_status`` gets the bound port), or a Unix socket at
+    ``unix_path`` (``task_status`` gets the path).
+    """
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
 
@@ -236,27 +241,32 @@ async def serve_fast(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    server = await loop.create_server(
-        lambda: _StreamProtocol(loop, made),
-        host,
-        port,
-        ssl=ssl_context,
-        reuse_address=True,
-        backlog=1024,
-    )
+    def factory() -> _StreamProtocol:
+        return _StreamProtocol(loop, made)
+
+    if unix_path is not None:
+        server = await loop.create_unix_server(factory, unix_path, backlog=1024)
+    else:
+        server = await loop.create_server(
+            factory, host, port, ssl=ssl_context, reuse_address=True, backlog=1024
+        )
     try:
-        bound = next(
-            s.getsockname()[1]
-            for s in server.sockets
-            if s.family in (socket.AF_INET, socket.AF_INET6)
-        )
-        logger.info(
-            "data plane listening on %s:%d%s (asyncio protocol edge)",
-            host,
-            bound,
-            " (TLS)" if ssl_context is not None else "",
-        )
-        task_status.started(int(bound))
+        if unix_path is not None:
+            logger.info("data plane listening on unix:%s (asyncio protocol edge)", unix_path)
+            task_status.started(unix_path)
+        else:
+            bound = next(
+                s.getsockname()[1]
+                for s in server.sockets
+                if s.family in (socket.AF_INET, socket.AF_INET6)
+            )
+            logger.info(
+                "data plane listening on %s:%d%s (asyncio protocol edge)",
+                host,
+                bound,
+                " (TLS)" if ssl_context is not None else "",
+            )
+            task_status.started(int(bound))
         await anyio.sleep_forever()
     finally:
         server.close()

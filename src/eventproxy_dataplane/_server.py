@@ -147,7 +147,26 @@ class DataPlane:
     async def serve_unix(
         self, path: str, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve HTTP on a Unix socket at ``path`` until cancelled (the socket file is removed)."""
+        """Serve HTTP on a Unix socket at ``path`` until cancelled (the socket file is removed).
+
+        On asyncio this always uses the asyncio-protocol edge: anyio's asyncio UNIX socket
+        stream can report ``InvalidStateError`` to the loop when a reader is cancelled while the
+        socket becomes readable.
+        """
+        if fast_edge_available():
+            state = self._state
+
+            async def handle_fast(stream: FastStream) -> None:
+                await ClientConnection(state, stream, client_ip=None, tls=False).run()
+
+            try:
+                await serve_fast("", 0, handle_fast, unix_path=path, task_status=task_status)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await state.pool.aclose()
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            return
         listener = await anyio.create_unix_listener(path)
         logger.info("data plane listening on unix:%s", path)
 
