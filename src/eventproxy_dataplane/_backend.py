@@ -135,7 +135,7 @@ class BackendPool:
             limit = time.monotonic() - self._settings.pool_idle_timeout
             while stack:
                 conn = stack.pop()
-                if conn.idle_since >= limit:
+                if conn.idle_since >= limit and not getattr(conn.stream, "dead", False):
                     return conn, True
                 await conn.aclose()
         return await self.connect(url), False

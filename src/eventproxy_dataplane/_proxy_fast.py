@@ -46,6 +46,7 @@ class _StreamProtocol(asyncio.Protocol):
         "read_paused",
         "read_waiter",
         "size",
+        "tls",
         "transport",
         "write_paused",
     )
@@ -67,10 +68,12 @@ class _StreamProtocol(asyncio.Protocol):
         self.eof = False
         self.lost = False
         self.exc: BaseException | None = None
+        self.tls = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the Transport interface without subclassing it
         self.transport = transport  # type: ignore[assignment]
+        self.tls = transport.get_extra_info("sslcontext") is not None
         if self.on_made is not None:
             self.on_made(self)
 
@@ -100,7 +103,8 @@ class _StreamProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake_reader()
-        return True  # keep the write side open; the stream's owner closes
+        # keep the write side open (the stream's owner closes); TLS cannot half-close
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -125,6 +129,11 @@ class FastStream(anyio.abc.ByteStream):
         self._p = protocol
         self._transport = protocol.transport
         self._closed = False
+
+    @property
+    def dead(self) -> bool:
+        """True once the peer closed or the connection was lost (a pooled one is not reused)."""
+        return self._p.eof or self._closed
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         p = self._p

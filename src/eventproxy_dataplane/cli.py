@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--admin", metavar="HOST:PORT", type=_address, help="/health and /metrics")
     parser.add_argument("--loop", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument(
+        "--io-edge",
+        choices=("auto", "anyio"),
+        default="auto",
+        help="auto: asyncio protocols on asyncio (fast); anyio: anyio streams (reference)",
+    )
     parser.add_argument("--error-target", metavar="URL", help="error pages: GET URL/CODE?url=...")
     parser.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="SECONDS")
     parser.add_argument("--header-timeout", type=_seconds, default=60.0, metavar="SECONDS")
@@ -87,6 +93,7 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
         idle_timeout=args.idle_timeout,
         backend_response_timeout=args.backend_timeout,
         error_target=args.error_target,
+        io_edge=args.io_edge,
     )
 
 

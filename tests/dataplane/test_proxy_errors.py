@@ -80,6 +80,23 @@ async def test_502_when_backend_refuses_or_closes() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_backend_closing_a_pooled_connection_is_not_an_error() -> None:
+    async with anyio.create_task_group() as tg:
+        backend = HTTPBackend()
+        await tg.start(backend.serve)
+        table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
+        async with running_proxy(table) as proxy, await HTTPClient.connect(proxy.port) as c:
+            for _ in range(3):
+                assert (await c.request("GET", "/then-close")).status == 200
+                with anyio.fail_after(5):
+                    while backend.open_connections:  # noqa: ASYNC110 - polls a counter
+                        await anyio.sleep(0.01)
+                # the pooled connection is dead now: retried (GET) or skipped, never a 502
+                assert (await c.request("GET", "/after")).status == 200
+            assert backend.connections == 4  # each /after opened a new one, then reused
+        tg.cancel_scope.cancel()
+
+
 async def test_503_when_service_has_no_servers() -> None:
     config = DynamicConfig(
         routers={"r": RouterSpec("r", "PathPrefix(`/`)", "s")},

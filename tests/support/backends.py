@@ -13,6 +13,7 @@ what reached them, so a test can assert that a request was (or was never) forwar
     /drip/N/SECONDS   N small chunks, one every SECONDS
     /reset            send a head announcing 1 MB and 1000 bytes of it, then close abruptly
     /close            close the connection without answering
+    /then-close       answer 200 (keep-alive), then close the connection (a stale pooled one)
     /status/CODE      an empty response with that status
     /upgrade-refused  answer a WebSocket upgrade with 403
     anything else     200, JSON describing the request (method, target, headers, body size)
@@ -211,6 +212,12 @@ class HTTPBackend(_Base):
             await stream.send((conn.send(head) or b"") + b"z" * 1000)
             return False
         if kind == "close":
+            return False
+        if kind == "then-close":  # answer as if keeping the connection, then close it
+            await stream.send(
+                (conn.send(h11.Response(status_code=200, headers=_EMPTY)) or b"")
+                + (conn.send(h11.EndOfMessage()) or b"")
+            )
             return False
         if kind == "status":
             code = int(parts[1])
