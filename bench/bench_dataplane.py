@@ -181,14 +181,14 @@ def run(ctx: Any) -> dict[str, Any]:
             for name in list(measured):
                 t = targets[name]
                 try:
-                    result = _load(t, duration)
-                    _check(result, t)
+                    loaded = _load(t, duration)
+                    _check(loaded, t)
                 except LoadError as exc:
                     t.status, t.reason = ERROR, str(exc)[:2000]
                     del measured[name]
                     continue
-                measured[name].append(result)
-                print(f"   round {i + 1}/{rounds} {name}: {_line(result)}", flush=True)
+                measured[name].append(loaded)
+                print(f"   round {i + 1}/{rounds} {name}: {_line(loaded)}", flush=True)
 
         websocket: dict[str, Any] = {}
         for name in measured:

@@ -28,7 +28,7 @@ from bench._targets import (
 )
 from bench._ws import measure_round_trips, percentile
 
-from support.chp import chp_available
+from support.chp import chp_available, running_chp
 from support.tools import ToolMissing, require, which
 
 ROUTES = user_routespecs(3)
@@ -168,3 +168,24 @@ def test_traefik_routes_to_the_backend(backend: Target, tmp_path: Path) -> None:
         assert get(traefik.port, "/user/user0000/lab")[0][0] == 200
         assert get(traefik.port, "/user/nobody/")[0][0] == 404
         assert measure_round_trips(traefik.port, "/user/user0001/ws", count=5, warmup=1).count == 5
+
+
+@pytest.mark.services
+def test_chp_launcher_rest_api(backend: Target, tmp_path: Path) -> None:
+    if not chp_available():
+        pytest.skip(
+            "configurable-http-proxy not installed: python3 tests/support/tools.py install-chp"
+        )
+    with running_chp(tmp_path) as chp:
+        chp.add_route("/user/alice/", backend.base_url, {"user": "alice"})
+        routes = chp.routes()
+        assert routes["/user/alice"]["target"] == backend.base_url
+        assert routes["/user/alice"]["user"] == "alice"
+        assert get(chp.port, "/user/alice/lab")[0][0] == 200
+        chp.delete_route("/user/alice")
+        chp.delete_route("/user/alice")  # idempotent
+        assert chp.routes() == {}
+        assert get(chp.port, "/user/alice/lab")[0][0] == 404
+        with pytest.raises(ValueError, match="must start with '/'"):
+            chp.add_route("user/bob", backend.base_url)
+    assert chp.child.proc.poll() is not None  # stopped by PID
