@@ -335,12 +335,15 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
     async def get_all_routes(self) -> dict[str, dict[str, Any]]:
         await self._ensure_open()
         activity = self._activity()
-        routes = {}
-        for spec, entry in self._table.items():
-            route = entry.as_jupyterhub()
-            if spec in activity:
-                route["data"]["last_activity"] = activity[spec]
-            routes[spec] = route
+        with paused_gc():  # ~3 new objects per route; a GC pass mid-way would dominate
+            routes: dict[str, dict[str, Any]] = {
+                spec: {"routespec": spec, "target": entry.target, "data": entry.copy_of_data()}
+                for spec, entry in self._table.items()
+            }
+        for spec, last in activity.items():
+            route = routes.get(spec)
+            if route is not None:
+                route["data"]["last_activity"] = last
         return routes
 
     async def get_route(self, routespec: str) -> dict[str, Any] | None:

@@ -69,7 +69,9 @@ def snapshot_from_wire(wire: object, *, where: str = "snapshot") -> Snapshot:
             event = RouteAdded(item[0], item[1], item[2])
         except ValueError as exc:
             raise CorruptLogError(f"{where} (seq {seq}): route #{i}: {exc}", seq=seq) from exc
-        entries[event.routespec] = RouteEntry(event.routespec, event.target, event.data, item[3])
+        entries[event.routespec] = RouteEntry.create(
+            event.routespec, event.target, event.data, item[3]
+        )
     return Snapshot(ts=ts.to_datetime(), table=RouteTable(entries, seq))
 
 

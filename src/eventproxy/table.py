@@ -12,7 +12,7 @@ something to paper over.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -30,10 +30,21 @@ class RouteEntry:
     target: str
     data: dict[str, Any]
     seq: int  # the record that set this route
+    # True when no value in data is a container, so a shallow copy is a full copy
+    flat: bool = field(default=False, compare=False, repr=False)
+
+    @classmethod
+    def create(cls, routespec: str, target: str, data: dict[str, Any], seq: int) -> RouteEntry:
+        flat = all(type(v) not in (dict, list) for v in data.values())
+        return cls(routespec, target, data, seq, flat)
+
+    def copy_of_data(self) -> dict[str, Any]:
+        copy: dict[str, Any] = dict(self.data) if self.flat else copy_data(self.data)
+        return copy
 
     def as_jupyterhub(self) -> dict[str, Any]:
         """``{routespec, target, data}`` with a copy of ``data`` the caller may change."""
-        return {"routespec": self.routespec, "target": self.target, "data": copy_data(self.data)}
+        return {"routespec": self.routespec, "target": self.target, "data": self.copy_of_data()}
 
 
 class RouteTable(Mapping[str, RouteEntry]):
@@ -85,7 +96,9 @@ def _apply(routes: dict[str, RouteEntry], seq: int, record: Record) -> None:
         )
     event = record.event
     if isinstance(event, RouteAdded):
-        routes[event.routespec] = RouteEntry(event.routespec, event.target, event.data, record.seq)
+        routes[event.routespec] = RouteEntry.create(
+            event.routespec, event.target, event.data, record.seq
+        )
     else:
         routes.pop(event.routespec, None)
 

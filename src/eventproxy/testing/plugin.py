@@ -220,7 +220,7 @@ def pytest_runtest_makereport(
                 "detail": "; ".join(
                     str(v) for k, v in report.user_properties if k == "conformance_detail"
                 ),
-                "doc": doc.strip().splitlines()[0] if doc.strip() else "",
+                "doc": " ".join(doc.strip().split("\n\n")[0].split()),
                 "nodeid": item.nodeid,
             }
         )
