@@ -51,8 +51,10 @@ async def chp(workdir: Path) -> AsyncIterator[Any]:
 
     process = CHP(workdir)
     proxy = ConfigurableHTTPProxy(
-        should_start=False, public_url=process.url + "/",
-        api_url=f"http://127.0.0.1:{process.api_port}", auth_token=process.token,
+        should_start=False,
+        public_url=process.url + "/",
+        api_url=f"http://127.0.0.1:{process.api_port}",
+        auth_token=process.token,
     )
     proxy.public_url = process.url + "/"
     try:
@@ -75,20 +77,28 @@ async def measure(factory: Callable[[], Any], quick: bool) -> dict[str, Any]:
             started = time.perf_counter()
             await proxy.add_route(f"/user/seq{i}/", TARGET, {"user": f"seq{i}"})
             latencies.append((time.perf_counter() - started) * 1000)
-        result["add_visible_ms"] = {"p50": round(statistics.median(latencies), 3),
-                                    "p99": round(pct(latencies, 0.99), 3), "n": n_seq}
+        result["add_visible_ms"] = {
+            "p50": round(statistics.median(latencies), 3),
+            "p99": round(pct(latencies, 0.99), 3),
+            "n": n_seq,
+        }
         async with httpx.AsyncClient() as client:  # the last route is routed (not a 404)
             r = await client.get(proxy.public_url.rstrip("/") + f"/user/seq{n_seq - 1}/x")
             result["last_route_status"] = r.status_code
     async with factory() as proxy:
         started = time.perf_counter()
-        await asyncio.gather(*(proxy.add_route(f"/user/bulk{i}/", TARGET, {"user": f"b{i}"})
-                               for i in range(n_bulk)))
+        await asyncio.gather(
+            *(proxy.add_route(f"/user/bulk{i}/", TARGET, {"user": f"b{i}"}) for i in range(n_bulk))
+        )
         result[f"bulk_add_{n_bulk}_s"] = round(time.perf_counter() - started, 4)
         for size in (1000, big):
             have = len(await proxy.get_all_routes())
-            await asyncio.gather(*(proxy.add_route(f"/user/big{i}/", TARGET, {"user": f"g{i}"})
-                                   for i in range(have, size)))
+            await asyncio.gather(
+                *(
+                    proxy.add_route(f"/user/big{i}/", TARGET, {"user": f"g{i}"})
+                    for i in range(have, size)
+                )
+            )
             times = []
             for _ in range(5):
                 started = time.perf_counter()
@@ -104,16 +114,19 @@ async def main(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         results["eventproxy_file"] = await measure(
-            lambda: eventproxy(f"file://{base}/routes-{time.monotonic_ns()}.log"), quick)
+            lambda: eventproxy(f"file://{base}/routes-{time.monotonic_ns()}.log"), quick
+        )
         results["eventproxy_memory"] = await measure(lambda: eventproxy("memory://"), quick)
         results["configurable_http_proxy"] = await measure(lambda: chp(base / "chp"), quick)
     ep, c = results["eventproxy_file"], results["configurable_http_proxy"]
     results["ratios_eventproxy_file_over_chp"] = {
         key: round(ep[key] / c[key], 3) if isinstance(ep[key], float) and c[key] else None
-        for key in ep if key.endswith("_s") or key.endswith("_ms")
+        for key in ep
+        if key.endswith("_s") or key.endswith("_ms")
     }
     results["ratios_eventproxy_file_over_chp"]["add_visible_p50"] = round(
-        ep["add_visible_ms"]["p50"] / c["add_visible_ms"]["p50"], 3)
+        ep["add_visible_ms"]["p50"] / c["add_visible_ms"]["p50"], 3
+    )
     return results
 
 

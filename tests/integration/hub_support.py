@@ -129,10 +129,15 @@ class Hub:
         log = self.workdir / f"hub-{self.starts}.log"
         self.child = ChildProcess(
             [sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
-            log_path=log, cwd=self.workdir,
+            log_path=log,
+            cwd=self.workdir,
         )
-        wait_until(self.health_ok, timeout=timeout, what="JupyterHub /hub/health",
-                   alive=self.child.check_alive)
+        wait_until(
+            self.health_ok,
+            timeout=timeout,
+            what="JupyterHub /hub/health",
+            alive=self.child.check_alive,
+        )
 
     def health_ok(self) -> bool:
         try:
@@ -158,8 +163,12 @@ class Hub:
         return list(r.json())
 
     def create_users(self, names: list[str]) -> None:
-        r = httpx.post(f"{self.api}/users", headers=self.headers(),
-                       content=json.dumps({"usernames": names}), timeout=60)
+        r = httpx.post(
+            f"{self.api}/users",
+            headers=self.headers(),
+            content=json.dumps({"usernames": names}),
+            timeout=60,
+        )
         assert r.status_code == 201, r.text
 
     def start_server(self, name: str) -> None:

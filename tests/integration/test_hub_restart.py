@@ -26,8 +26,10 @@ def log_head(workdir: Path) -> int:
     import io
 
     out = io.StringIO()
-    assert cli(["replay", "--json", "--log-url", f"file://{workdir}/eventproxy-routes.log"],
-               out=out) == 0
+    assert (
+        cli(["replay", "--json", "--log-url", f"file://{workdir}/eventproxy-routes.log"], out=out)
+        == 0
+    )
     return int(json.loads(out.getvalue())["seq"])
 
 
