@@ -65,7 +65,7 @@ async def chp(workdir: Path) -> AsyncIterator[Any]:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def measure(factory: Callable[[], Any], quick: bool) -> dict[str, Any]:

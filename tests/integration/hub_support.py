@@ -53,7 +53,7 @@ class SharedBackendSpawner(Spawner):
 class _Backend(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         # One write per response: split small writes meet Nagle + delayed ACK (40 ms stalls).
         body = f"backend {self.path}".encode()
         head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()

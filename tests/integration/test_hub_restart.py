@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub_support import Hub, shared_backend
 
 from eventproxy.cli import main as cli
-from hub_support import Hub, shared_backend
 from support import wait_until
 
 pytestmark = pytest.mark.services
