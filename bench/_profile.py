@@ -48,8 +48,12 @@ BOOTSTRAP = [
 CATEGORIES = {
     "h11 (parse, validate, serialise)": r"\(h11/",
     "wsproto": r"\(wsproto/",
-    "socket send (anyio SocketStream.send*)": r"^SocketStream\.send",
-    "socket receive (anyio SocketStream.receive)": r"^SocketStream\.receive",
+    "socket send (byte stream .send: anyio, trio or asyncio-Protocol edge)": (
+        r"^(SocketStream|FastStream)\.send"
+    ),
+    "socket receive (byte stream .receive, Protocol.data_received)": (
+        r"^(SocketStream|FastStream)\.receive|\.data_received "
+    ),
     "backend pool (acquire, connect, release)": r"^BackendPool\.|connect_tcp",
     "routing lookup": r"_routing\.py|RoutingTable",
     "timeouts / cancel scopes": r"CancelScope|fail_after|move_on_after",

@@ -49,11 +49,14 @@ CONNECTIONS = 50
 THREADS = 2
 PATTERN = "/user/user%04d/api/status"
 WS_PATH = "/user/user0500/api/kernels/ws"
-# (name, extra CLI arguments) for each data-plane variant measured: the default (asyncio, on
-# uvloop when installed -- the `fast` extra) and trio.
+# (name, extra CLI arguments) for each data-plane variant measured. "dataplane" is the default
+# (asyncio, on uvloop when installed -- the `fast` extra -- with the asyncio-Protocol I/O edge);
+# "-anyio" is the reference anyio-streams edge on the same loop; "-trio" that edge on trio.
+QUIET = ["--log-level", "WARNING"]
 DATAPLANE_VARIANTS: list[tuple[str, list[str]]] = [
-    ("dataplane", ["--loop", "asyncio", "--log-level", "WARNING"]),
-    ("dataplane-trio", ["--loop", "trio", "--log-level", "WARNING"]),
+    ("dataplane", ["--loop", "asyncio", "--io-edge", "auto", *QUIET]),
+    ("dataplane-anyio", ["--loop", "asyncio", "--io-edge", "anyio", *QUIET]),
+    ("dataplane-trio", ["--loop", "trio", *QUIET]),
 ]
 MAX_ERROR_FRACTION = 0.001
 
