@@ -64,7 +64,11 @@ def plot_dataplane(results: dict[str, Any], out: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     ax_lat.legend()
     ax_ws.legend()
-    fig.suptitle("eventproxy data plane vs configurable-http-proxy vs traefik (loopback, one run)")
+    fig.suptitle(
+        "eventproxy data plane vs configurable-http-proxy vs traefik (loopback, one run; "
+        f"1-min load avg {params.get('loadavg_1m_before')} before, "
+        f"{params.get('loadavg_1m_after')} after)"
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -31,6 +31,7 @@ from typing import Any
 from bench._load import LoadError, LoadResult, run_wrk
 from bench._plot import plot_dataplane
 from bench._profile import start_recording, summarize_file
+from bench._report import markdown_summary
 from bench._support import ToolMissing, require
 from bench._targets import (
     ERROR,
@@ -237,6 +238,9 @@ def run(ctx: Any) -> dict[str, Any]:
     }
     png = plot_dataplane(result, results_dir / "dataplane.png")
     result["plot"] = png.name
+    summary = results_dir / "dataplane.md"
+    summary.write_text(markdown_summary(result))
+    result["summary"] = summary.name
     return result
 
 
