@@ -635,26 +635,35 @@ async def test_only_own_routes(
     "re-adds them (check_routes), and requests fail until it does",
 )
 async def test_persistence_across_restart(
-    conformance_proxy: ProxyUnderTest, conformance_backends: Backends
+    conformance_proxy: ProxyUnderTest,
+    conformance_backends: Backends,
+    conformance_hub: EchoBackend,
 ) -> None:
     """After the proxy is restarted on the same storage, its routes (and deletions) are still
-    listed, with their data, and still served: check_routes finds nothing to do."""
+    listed, with their data, and still served; check_routes then changes nothing."""
     put = conformance_proxy
     if put.restart is None:
         pytest.skip(f"{put.label} declares no restart")
     alice = await conformance_backends.start("alice")
     bob = await conformance_backends.start("bob")
-    await put.proxy.add_route("/user/alice/", alice.url, {"user": "alice", "flag": True})
-    await put.proxy.add_route("/user/bob/", bob.url, {"user": "bob"})
+    await put.proxy.add_route(put.proxy.app.hub.routespec, conformance_hub.url, {"hub": True})
+    await put.proxy.add_route("/user/alice/", alice.url, {"user": "alice", "server_name": ""})
+    await put.proxy.add_route("/user/bob/", bob.url, {"user": "bob", "server_name": ""})
     await put.proxy.delete_route("/user/bob/")
     before = await put.proxy.get_all_routes()
     await put.restart_proxy()
     after = await put.proxy.get_all_routes()
     assert set(after) == set(before)
     assert after["/user/alice/"]["target"] == alice.url
-    assert _data_without_activity(after["/user/alice/"]) == {"user": "alice", "flag": True}
+    assert _data_without_activity(after["/user/alice/"]) == {"user": "alice", "server_name": ""}
     assert await _backend_of(put, "/user/alice/lab") == "alice"
     assert await _backend_of(put, "/user/bob/lab") != "bob"
+    if put.capabilities.check_routes:
+        await put.proxy.check_routes({1: _user("alice", alice.url)}, {})
+        checked = await put.proxy.get_all_routes()
+        assert {k: (v["target"], _data_without_activity(v)) for k, v in checked.items()} == {
+            k: (v["target"], _data_without_activity(v)) for k, v in after.items()
+        }
 
 
 async def test_last_activity(
