@@ -345,6 +345,9 @@ class ClientConnection:
                 client_ip=self.client_ip,
                 proto=self.proto,
             ),
+            # h11 validated every byte of it on the way in, and what we add is ours (no
+            # client bytes): skip h11's per-field regex validation on the hot path
+            _parsed=True,
         )
         websocket = prepared.websocket and complete
         for attempt in (0, 1):
@@ -476,7 +479,10 @@ class ClientConnection:
         status = event.status_code
         head = conn.send(
             h11.Response(
-                status_code=status, headers=response_headers(event.headers), reason=event.reason
+                status_code=status,
+                headers=response_headers(event.headers),
+                reason=event.reason,
+                _parsed=True,  # validated by h11 when it parsed the backend's response
             )
         )
         parts = [head or b""]
