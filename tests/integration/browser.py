@@ -121,8 +121,7 @@ def running_demo(
         str(workdir),
         "--users",
         ",".join(users),
-        "--password",
-        password,
+        f"--password={password}",  # a token may start with "-"
     ]
     child = ChildProcess(argv, log_path=tmp_path / "demo.log", cwd=tmp_path)
     demo: Demo | None = None
