@@ -32,6 +32,7 @@ logger = logging.getLogger("eventproxy_dataplane")
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
+_CLOSE_GRACE = 30.0  # seconds a closed connection may take to flush its write buffer
 
 
 class _StreamProtocol(asyncio.Protocol):
@@ -185,7 +186,14 @@ class FastStream(anyio.abc.ByteStream):
 
     async def aclose(self) -> None:
         self._closed = True
-        self._transport.close()
+        transport = self._transport
+        if transport.is_closing():
+            return
+        pending = transport.get_write_buffer_size()
+        transport.close()  # flushes what is buffered, then closes
+        if pending:
+            # a peer that stopped reading must not keep the socket (and the buffer) forever
+            self._p.loop.call_later(_CLOSE_GRACE, transport.abort)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
