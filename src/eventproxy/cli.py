@@ -262,6 +262,38 @@ async def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8000), got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def cmd_dataplane(args: argparse.Namespace, out: TextIO) -> int:
+    from eventproxy_dataplane import ProxySettings
+
+    from .serve import serve_log
+
+    settings = ProxySettings(error_target=args.error_target)
+    async with anyio.create_task_group() as tg:
+        ports = await tg.start(
+            lambda task_status: serve_log(
+                args.log_url,
+                args.listen,
+                admin=args.admin,
+                settings=settings,
+                task_status=task_status,
+            )
+        )
+        where = [f"{host}:{port}" for (host, _), port in zip(args.listen, ports, strict=True)]
+        if args.json:
+            out.write(json.dumps({"listening": where, "log_url": args.log_url}) + "\n")
+        else:
+            out.write(f"eventproxy dataplane: serving {args.log_url} on {', '.join(where)}\n")
+        out.flush()
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 Command = Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
@@ -304,6 +336,30 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--at", type=parse_seq, help="the table after this seq (default: head)")
     at.add_argument("--until", type=parse_time, help="the table as of this time")
 
+    p = add(
+        "dataplane",
+        cmd_dataplane,
+        "Run a standalone data plane serving the routes of the log (read-only, follows appends). "
+        "With --config FILE or --etcd URL it serves traefik dynamic configuration instead "
+        "(see `eventproxy dataplane --config x --help`).",
+    )
+    p.add_argument(
+        "--listen",
+        type=parse_address,
+        action="append",
+        required=True,
+        metavar="HOST:PORT",
+        help="public listener (repeatable)",
+    )
+    p.add_argument(
+        "--admin",
+        type=parse_address,
+        metavar="HOST:PORT",
+        help="private listener for /health and /metrics",
+    )
+    p.add_argument("--loop", choices=("asyncio", "trio"), default="asyncio")
+    p.add_argument("--error-target", metavar="URL", help="error pages: GET URL/CODE?url=...")
+
     p = add("compact", cmd_compact, "Snapshot the table and drop events older than the retention.")
     p.add_argument(
         "--retention",
@@ -314,17 +370,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _traefik_config_dataplane(argv: Sequence[str]) -> bool:
+    return (
+        bool(argv)
+        and argv[0] == "dataplane"
+        and any(
+            a in ("--config", "--etcd") or a.startswith(("--config=", "--etcd=")) for a in argv[1:]
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _traefik_config_dataplane(argv):
+        from eventproxy_dataplane.cli import main as dataplane_main
+
+        return dataplane_main(argv[1:])
     args = build_parser().parse_args(argv)
     stream = out if out is not None else sys.stdout
+    backend = getattr(args, "loop", "asyncio")
     try:
-        result: int = anyio.run(args.func, args, stream)
-    except EventProxyError as exc:
-        print(f"eventproxy {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        result: int = anyio.run(args.func, args, stream, backend=backend)
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        reason = _user_error(exc)
+        if reason is None:
+            raise
+        print(f"eventproxy {args.command}: error: {reason}", file=sys.stderr)
+        return 1
     return result
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The error to show a user (ours, or an OSError such as a port in use), unwrapping task
+    groups; ``None`` for anything else, which is a bug and keeps its traceback."""
+    if isinstance(exc, EventProxyError | OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _user_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,22 +33,16 @@ from jupyterhub.proxy import Proxy
 from jupyterhub.utils import url_path_join
 from traitlets import Float, Unicode, default, validate
 
-from eventproxy_dataplane import (
-    DataPlane,
-    ProxySettings,
-    RouterSpec,
-    RoutingTable,
-    ServerSpec,
-    ServiceSpec,
-)
+from eventproxy_dataplane import DataPlane, ProxySettings, RoutingTable
 
 from ._errors import EventProxyError, VisibilityTimeoutError
 from .events import Event, RouteAdded, RouteRemoved
 from .log import RouteLog, open_log
 from .log._base import paused_gc
+from .projection import PlaneProjection
 from .routespec import parse_routespec
-from .table import RouteEntry, RouteTable, fold_all
-from .traefik import name_for, priority_for, routespec_from_name, rule_for
+from .table import RouteTable
+from .traefik import routespec_from_name
 
 __all__ = ["EventProxy"]
 
@@ -58,14 +51,6 @@ DATA_PLANES = ("inprocess", "traefik", "external")
 
 def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _plane_entry(entry: RouteEntry) -> tuple[RouterSpec, ServiceSpec]:
-    spec = parse_routespec(entry.routespec)
-    name = name_for(entry.routespec)
-    router = RouterSpec(name=name, rule=rule_for(spec), service=name, priority=priority_for(spec))
-    service = ServiceSpec(name=name, servers=(ServerSpec(url=entry.target),))
-    return router, service
 
 
 class _Pending:
@@ -136,7 +121,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._log: RouteLog | None = None
-        self._table = RouteTable()
+        self._projection = PlaneProjection(None, log=self.log)
         self._plane: DataPlane | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._open_lock: asyncio.Lock | None = None
@@ -161,7 +146,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
             if self._log is None:
                 self._require_inprocess()
                 log = await open_log(self.log_url)
-                self._table = await log.load_table()
+                self._projection = PlaneProjection(None, await log.load_table(), log=self.log)
                 self._log = log
                 self.log.info(
                     "eventproxy: route log %s at seq %d with %d route(s)",
@@ -188,11 +173,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
             error_target=self.error_target or None, connect_timeout=self.backend_connect_timeout
         )
         self._plane = DataPlane(RoutingTable(), settings)
-        problems = self._plane.table.apply([_plane_entry(e) for e in self._table.values()], [])
-        for problem in problems:
-            self.log.error(
-                "eventproxy: data plane refused a route: %s: %s", problem.where, problem.message
-            )
+        self._projection.attach(self._plane)
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._serve_task = asyncio.create_task(self._serve(ready), name="eventproxy-dataplane")
         try:
@@ -271,7 +252,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
                 try:
                     assert self._log is not None
                     await self._log.append(batch.events, actor=self.actor)
-                    self._catch_up_sync(await self._log.read(self._table.seq + 1))
+                    self._projection.apply(await self._log.read(self._projection.seq + 1))
                 except Exception as exc:
                     for waiter in batch.waiters:
                         if not waiter.done():
@@ -283,30 +264,9 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         finally:
             self._flushing = False
 
-    def _catch_up_sync(self, records: Iterable[Any]) -> None:
-        """Fold new records into the table and apply the difference to the data plane."""
-        before = self._table
-        with paused_gc():
-            after = fold_all(before, records)
-        self._table = after
-        plane = self._plane
-        if plane is None:
-            return
-        upserts = []
-        removals = []
-        changed = {r.event.routespec for r in records}
-        for spec in changed:
-            entry = after.get(spec)
-            if entry is None:
-                if spec in before:
-                    removals.append(name_for(spec))
-            elif before.get(spec) != entry:
-                upserts.append(_plane_entry(entry))
-        problems = plane.table.apply(upserts, removals)
-        for problem in problems:
-            self.log.error(
-                "eventproxy: data plane refused a route: %s: %s", problem.where, problem.message
-            )
+    @property
+    def _table(self) -> RouteTable:
+        return self._projection.table
 
     # -- JupyterHub's proxy API ------------------------------------------------------------
 

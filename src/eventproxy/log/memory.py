@@ -1,12 +1,14 @@
 """``memory://`` and ``memory://NAME``: the in-memory route log, for tests and embedding.
 
 ``memory://`` is private to its instance. ``memory://NAME`` keeps its records in this process
-under NAME, so a log closed and opened again (a proxy "restart" inside one test) finds them; a
-second live instance sees the first one's appends on its next read. Nothing survives the process.
+under NAME, so a log closed and opened again (a proxy "restart" inside one test) finds them, and
+several live instances share them (a watcher on one sees appends made through another, within
+one event loop). Nothing survives the process.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 from .._errors import AppendConflictError
@@ -22,6 +24,12 @@ class _Store:
     snapshot: Snapshot | None = None
     records: list[Record] = field(default_factory=list)
     version: int = 0
+    instances: weakref.WeakSet[MemoryRouteLog] = field(default_factory=weakref.WeakSet)
+
+    def changed(self) -> None:
+        self.version += 1
+        for instance in list(self.instances):
+            instance._notify()
 
     @property
     def head(self) -> int:
@@ -42,6 +50,7 @@ class MemoryRouteLog(LocalRouteLog):
     def __init__(self, name: str = "") -> None:
         super().__init__(f"memory://{name}")
         self._store = _NAMED.setdefault(name, _Store()) if name else _Store()
+        self._store.instances.add(self)
         self._version = -1
 
     async def _refresh(self) -> None:
@@ -55,11 +64,11 @@ class MemoryRouteLog(LocalRouteLog):
         if store.head != records[0].seq - 1:
             raise AppendConflictError(f"{self.url}: another instance appended concurrently")
         store.records = [*store.records, *records]
-        store.version += 1
+        store.changed()
         self._version = store.version
 
     async def _persist_compaction(self, snapshot: Snapshot, records: list[Record]) -> None:
         store = self._store
         store.snapshot, store.records = snapshot, list(records)
-        store.version += 1
+        store.changed()
         self._version = store.version
