@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +66,30 @@ def test_demo_serves_the_hub_and_stops_everything(tmp_path: Path) -> None:
         assert not port_accepts(port)
         lines = [line for line in d.output().splitlines() if line.startswith('{"event"')]
         assert json.loads(lines[-1])["event"] == "stopped", lines
+
+
+@pytest.mark.services
+def test_demo_stops_the_servers_of_a_hub_that_died(tmp_path: Path) -> None:
+    """A hub killed outright leaves its server behind; the demo stops it by PID and fails."""
+    with running_demo(tmp_path, users=("alice",)) as d:
+        with http_client(d) as client:
+            login(client, "alice", d.password)
+            spawn_and_wait(client, "alice")
+        servers = {
+            pid: st for pid, st in d.tree().items() if "jupyterhub.singleuser" in cmdline(pid)
+        }
+        assert servers
+        # The demo records the hub's tree once a second; the server took seconds to answer, so
+        # the demo has seen it.
+        os.kill(d.hub_pid, signal.SIGKILL)
+        try:
+            code = d.child.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the demo did not exit after its hub died") from None
+        assert code == 1, d.output()[-3000:]
+        assert "JupyterHub exited with code -9" in d.output()
+        alive = [pid for pid, st in servers.items() if demo.is_running(pid, st)]
+        assert not alive, {pid: cmdline(pid) for pid in alive}
 
 
 # -- quick checks: refusals before anything starts ---------------------------------------------
