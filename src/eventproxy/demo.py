@@ -131,6 +131,12 @@ def parse_password(text: str) -> str:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``demo`` subcommand's own options (``--log-url`` and ``--json`` come from the CLI)."""
+    parser.epilog = (
+        "The hub runs as a child process (its log is shown) with a jupyterhub_config.py written "
+        "into the working directory; a relative file: log URL is taken in that directory. "
+        "Needs JupyterLab: pip install 'eventproxy[demo]'. With --json, one line is printed "
+        'when the hub is ready ({"event": "ready", "url": ...}) and one when it has stopped.'
+    )
     parser.add_argument(
         "--port",
         type=parse_port,
@@ -472,9 +478,12 @@ def _banner(settings: DemoSettings) -> str:
         f"  password   {settings.password}\n"
         f"  workdir    {settings.workdir}\n"
         f"  route log  {settings.log_url}\n"
-        f"  audit it   eventproxy log --log-url {settings.log_url}\n"
-        "  stop with  Ctrl-C\n"
-        "\n"
+        + (
+            f"  audit it   eventproxy log --log-url {settings.log_url}\n"
+            if not settings.log_url.startswith("memory:")
+            else ""
+        )
+        + "  stop with  Ctrl-C\n\n"
     )
 
 
