@@ -21,19 +21,25 @@ from eventproxy_dataplane import RouterSpec, RoutingTable, ServerSpec, ServiceSp
 
 def _table(n: int, fallback: bool = True) -> tuple[RoutingTable, list[tuple[str, bytes]]]:
     rng = random.Random(n)
-    upserts = [(RouterSpec("hub", "PathPrefix(`/`)", "hub", 1),
-                ServiceSpec("hub", (ServerSpec("http://127.0.0.1:8081"),)))]
+    upserts = [
+        (
+            RouterSpec("hub", "PathPrefix(`/`)", "hub", 1),
+            ServiceSpec("hub", (ServerSpec("http://127.0.0.1:8081"),)),
+        )
+    ]
     names = [f"user{i:05d}" for i in range(n)]
     for i, name in enumerate(names):
         svc = ServiceSpec(f"s-{name}", (ServerSpec(f"http://127.0.0.1:{20000 + i % 20000}"),))
         upserts.append((RouterSpec(name, f"PathPrefix(`/user/{name}/`)", svc.name), svc))
     for i in range(5):
         svc = ServiceSpec(f"h{i}", (ServerSpec("http://127.0.0.1:9000"),))
-        upserts.append((RouterSpec(f"host{i}", f"Host(`h{i}.example`) && PathPrefix(`/`)",
-                                   svc.name), svc))
+        upserts.append(
+            (RouterSpec(f"host{i}", f"Host(`h{i}.example`) && PathPrefix(`/`)", svc.name), svc)
+        )
         if fallback:
-            upserts.append((RouterSpec(f"not{i}", f"!Host(`h{i}.example`) && Path(`/x{i}`)",
-                                       svc.name), svc))
+            upserts.append(
+                (RouterSpec(f"not{i}", f"!Host(`h{i}.example`) && Path(`/x{i}`)", svc.name), svc)
+            )
     table = RoutingTable()
     problems = table.apply(upserts, [])
     assert not problems, problems
@@ -50,8 +56,9 @@ def _table(n: int, fallback: bool = True) -> tuple[RoutingTable, list[tuple[str,
     return table, targets
 
 
-def _ns_per_lookup(table: RoutingTable, targets: list[tuple[str, bytes]], rounds: int,
-                   brute: bool = False) -> float:
+def _ns_per_lookup(
+    table: RoutingTable, targets: list[tuple[str, bytes]], rounds: int, brute: bool = False
+) -> float:
     fn = table.brute_force_lookup if brute else table.lookup
     best = float("inf")
     for _ in range(3):
@@ -65,8 +72,11 @@ def _ns_per_lookup(table: RoutingTable, targets: list[tuple[str, bytes]], rounds
 
 def run(ctx: Any) -> dict[str, Any]:
     sizes = [100, 1_000] if getattr(ctx, "quick", False) else [100, 1_000, 10_000]
-    out: dict[str, Any] = {"ns_per_lookup": {}, "ns_per_lookup_no_fallback": {},
-                           "apply_us_per_router": {}}
+    out: dict[str, Any] = {
+        "ns_per_lookup": {},
+        "ns_per_lookup_no_fallback": {},
+        "apply_us_per_router": {},
+    }
     for n in sizes:
         start = time.perf_counter()
         table, targets = _table(n)
@@ -77,8 +87,9 @@ def run(ctx: Any) -> dict[str, Any]:
         plain, plain_targets = _table(n, fallback=False)
         out["ns_per_lookup_no_fallback"][str(n)] = _ns_per_lookup(plain, plain_targets, rounds=5)
         if n == sizes[0]:
-            out[f"brute_force_ns_per_lookup_{n}"] = _ns_per_lookup(table, targets[:100], 2,
-                                                                   brute=True)
+            out[f"brute_force_ns_per_lookup_{n}"] = _ns_per_lookup(
+                table, targets[:100], 2, brute=True
+            )
     return out
 
 

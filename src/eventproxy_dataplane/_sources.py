@@ -50,12 +50,12 @@ def _decode_document(path: Path, data: bytes) -> Any:
         return yaml.safe_load(data) or {}
     if suffix == ".json":
         return json.loads(data)
-    raise ConfigSourceError(f"{path}: unknown configuration file type {suffix!r} "
-                            "(expected .toml, .yaml, .yml or .json)")
+    raise ConfigSourceError(
+        f"{path}: unknown configuration file type {suffix!r} (expected .toml, .yaml, .yml or .json)"
+    )
 
 
-def load_config_file(path: str | os.PathLike[str]
-                     ) -> tuple[DynamicConfig, list[ConfigProblem]]:
+def load_config_file(path: str | os.PathLike[str]) -> tuple[DynamicConfig, list[ConfigProblem]]:
     """Read and parse one file-provider file (blocking; call it from a thread in async code).
 
     Raises :class:`ConfigSourceError` if the file cannot be read or is not valid TOML/YAML/JSON.
@@ -97,8 +97,9 @@ def _read(p: Path) -> tuple[_Signature | None, bytes | None, str | None]:
         return sig, None, f"cannot read: {exc.strerror or exc}"
 
 
-async def watch_file(path: str | os.PathLike[str], on_config: ConfigCallback, *,
-                     interval: float = 0.25) -> NoReturn:
+async def watch_file(
+    path: str | os.PathLike[str], on_config: ConfigCallback, *, interval: float = 0.25
+) -> NoReturn:
     """Deliver the file's configuration now and after every change; runs until cancelled."""
     p = Path(path)
     last_sig: _Signature | bool | None = False  # False: nothing seen yet
@@ -125,8 +126,10 @@ async def watch_file(path: str | os.PathLike[str], on_config: ConfigCallback, *,
             else:
                 failing = True
                 last_data = None
-                on_config(last_good, [ConfigProblem(
-                    str(p), f"{error}; keeping the last good configuration")])
+                on_config(
+                    last_good,
+                    [ConfigProblem(str(p), f"{error}; keeping the last good configuration")],
+                )
         await anyio.sleep(interval)
 
 
@@ -176,11 +179,20 @@ async def _read_all(client: httpx.AsyncClient, url: str, state: _EtcdState) -> N
     state.revision = int(out["header"]["revision"])
 
 
-async def _follow(client: httpx.AsyncClient, url: str, state: _EtcdState,
-                  on_config: ConfigCallback, connected: Callable[[], None]) -> None:
-    body = {"create_request": {
-        "key": _b64(state.key_prefix), "range_end": _b64(_range_end(state.key_prefix)),
-        "start_revision": state.revision + 1}}
+async def _follow(
+    client: httpx.AsyncClient,
+    url: str,
+    state: _EtcdState,
+    on_config: ConfigCallback,
+    connected: Callable[[], None],
+) -> None:
+    body = {
+        "create_request": {
+            "key": _b64(state.key_prefix),
+            "range_end": _b64(_range_end(state.key_prefix)),
+            "start_revision": state.revision + 1,
+        }
+    }
     timeout = httpx.Timeout(5.0, read=None)
     async with client.stream("POST", f"{url}/v3/watch", json=body, timeout=timeout) as resp:
         resp.raise_for_status()
@@ -209,9 +221,15 @@ async def _follow(client: httpx.AsyncClient, url: str, state: _EtcdState,
             on_config(*state.snapshot())
 
 
-async def watch_etcd(url: str, prefix: str, on_config: ConfigCallback, *,
-                     client: httpx.AsyncClient | None = None, min_backoff: float = 0.05,
-                     max_backoff: float = 5.0) -> NoReturn:
+async def watch_etcd(
+    url: str,
+    prefix: str,
+    on_config: ConfigCallback,
+    *,
+    client: httpx.AsyncClient | None = None,
+    min_backoff: float = 0.05,
+    max_backoff: float = 5.0,
+) -> NoReturn:
     """Deliver the configuration under ``prefix`` (traefik's rootKey) and every change to it.
 
     ``url`` is one etcd client URL (``http://127.0.0.1:2379``); a ``client`` may be given for
@@ -243,10 +261,16 @@ async def watch_etcd(url: str, prefix: str, on_config: ConfigCallback, *,
                 continue
             except (httpx.HTTPError, OSError, ValueError, KeyError, ConfigSourceError) as exc:
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                on_config(state.last_good, [ConfigProblem(
-                    f"etcd {url} {state.root}/",
-                    f"etcd unreachable or failing ({reason}); keeping the last good "
-                    f"configuration (revision {state.revision}); retrying in {delay:.2f}s")])
+                on_config(
+                    state.last_good,
+                    [
+                        ConfigProblem(
+                            f"etcd {url} {state.root}/",
+                            f"etcd unreachable or failing ({reason}); keeping the last good "
+                            f"configuration (revision {state.revision}); retrying in {delay:.2f}s",
+                        )
+                    ],
+                )
             await anyio.sleep(delay)
             delay = min(delay * 2, max_backoff)
     finally:

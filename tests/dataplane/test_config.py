@@ -19,15 +19,29 @@ from eventproxy_dataplane import (
 DOC = {
     "http": {
         "routers": {
-            "r1": {"rule": "PathPrefix(`/a/`)", "service": "s1", "priority": 7,
-                   "entryPoints": ["web"]},
+            "r1": {
+                "rule": "PathPrefix(`/a/`)",
+                "service": "s1",
+                "priority": 7,
+                "entryPoints": ["web"],
+            },
             "r2": {"rule": "Host(`h`)", "service": "s2@file"},
         },
         "services": {
-            "s1": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:8001"},
-                                                {"url": "https://[::1]:8443/base"}]}},
-            "s2": {"loadBalancer": {"servers": [{"url": "http://localhost:8002"}],
-                                    "passHostHeader": False}},
+            "s1": {
+                "loadBalancer": {
+                    "servers": [
+                        {"url": "http://127.0.0.1:8001"},
+                        {"url": "https://[::1]:8443/base"},
+                    ]
+                }
+            },
+            "s2": {
+                "loadBalancer": {
+                    "servers": [{"url": "http://localhost:8002"}],
+                    "passHostHeader": False,
+                }
+            },
         },
     }
 }
@@ -81,33 +95,41 @@ def test_spec_constructors_refuse_bad_values() -> None:
 
 
 def test_bad_entries_become_problems_and_the_rest_loads() -> None:
-    config, problems = parse_dynamic_config({"http": {
-        "routers": {
-            "good": {"rule": "Host(`a`)", "service": "s"},
-            "nosvc": {"rule": "Host(`a`)"},
-            "badprio": {"rule": "Host(`a`)", "service": "s", "priority": "high"},
-            "at@name": {"rule": "Host(`a`)", "service": "s"},
-            "notatable": "Host(`a`)",
-        },
-        "services": {
-            "s": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}},
-            "weighted": {"weighted": {"services": []}},
-            "badurl": {"loadBalancer": {"servers": [{"url": "gopher://x:1"}]}},
-            "nourl": {"loadBalancer": {"servers": [{"address": "x"}]}},
-            "badphh": {"loadBalancer": {"servers": [], "passHostHeader": "maybe"}},
-        },
-    }})
+    config, problems = parse_dynamic_config(
+        {
+            "http": {
+                "routers": {
+                    "good": {"rule": "Host(`a`)", "service": "s"},
+                    "nosvc": {"rule": "Host(`a`)"},
+                    "badprio": {"rule": "Host(`a`)", "service": "s", "priority": "high"},
+                    "at@name": {"rule": "Host(`a`)", "service": "s"},
+                    "notatable": "Host(`a`)",
+                },
+                "services": {
+                    "s": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}},
+                    "weighted": {"weighted": {"services": []}},
+                    "badurl": {"loadBalancer": {"servers": [{"url": "gopher://x:1"}]}},
+                    "nourl": {"loadBalancer": {"servers": [{"address": "x"}]}},
+                    "badphh": {"loadBalancer": {"servers": [], "passHostHeader": "maybe"}},
+                },
+            }
+        }
+    )
     assert set(config.routers) == {"good"} and set(config.services) == {"s"}
     assert {p.where for p in problems} == {
-        "http.routers.nosvc.service", "http.routers.badprio.priority", "http.routers.at@name",
-        "http.routers.notatable", "http.services.weighted",
+        "http.routers.nosvc.service",
+        "http.routers.badprio.priority",
+        "http.routers.at@name",
+        "http.routers.notatable",
+        "http.services.weighted",
         "http.services.badurl.loadBalancer.servers[0]",
         "http.services.nourl.loadBalancer.servers[0]",
         "http.services.badphh.loadBalancer.passHostHeader",
     }
     assert all(isinstance(p, ConfigProblem) and p.message for p in problems)
     assert "only loadBalancer services" in str(
-        next(p for p in problems if p.where == "http.services.weighted"))
+        next(p for p in problems if p.where == "http.services.weighted")
+    )
 
 
 @pytest.mark.parametrize("doc", [[], {"http": []}, {"http": {"routers": []}}])
@@ -143,13 +165,15 @@ def test_config_from_kv_matches_the_document_form() -> None:
 
 
 def test_config_from_kv_reports_bad_keys() -> None:
-    config, problems = config_from_kv({
-        "traefik/http/routers/r/rule": "Host(`a`)",
-        "traefik/http/routers/r/rule/x": "oops",
-        "traefik/http//routers": "x",
-        "traefik/http/routers/r/service": "s",
-        "traefik/http/services/s/loadBalancer/servers/x/url": "http://a:1",
-    })
+    config, problems = config_from_kv(
+        {
+            "traefik/http/routers/r/rule": "Host(`a`)",
+            "traefik/http/routers/r/rule/x": "oops",
+            "traefik/http//routers": "x",
+            "traefik/http/routers/r/service": "s",
+            "traefik/http/services/s/loadBalancer/servers/x/url": "http://a:1",
+        }
+    )
     wheres = {p.where for p in problems}
     assert "traefik/http/routers/r/rule/x" in wheres
     assert "traefik/http//routers" in wheres

@@ -132,8 +132,12 @@ def test_absolute_form_target_uses_its_authority() -> None:
     ],
 )
 def test_host_matching(host: str | None, router: str) -> None:
-    t = table(("host", "Host(`A.com`)", None), ("wild", "Host(`*.a.com`)", None),
-              ("v6", "Host(`::1`)", None), ("any", "PathPrefix(`/`)", 1))
+    t = table(
+        ("host", "Host(`A.com`)", None),
+        ("wild", "Host(`*.a.com`)", None),
+        ("v6", "Host(`::1`)", None),
+        ("any", "PathPrefix(`/`)", 1),
+    )
     assert pick(t, "/x", host=host) == router
 
 
@@ -153,12 +157,18 @@ def test_priority_default_is_rule_length_in_bytes() -> None:
 def test_explicit_priority_wins_and_zero_means_default() -> None:
     t = table(("low", "PathPrefix(`/user/alice/`)", 2), ("high", "PathPrefix(`/`)", 100))
     assert pick(t, "/user/alice/x") == "high"
-    config, problems = parse_dynamic_config({"http": {
-        "routers": {"z": {"rule": "PathPrefix(`/z/`)", "service": "s", "priority": 0},
+    config, problems = parse_dynamic_config(
+        {
+            "http": {
+                "routers": {
+                    "z": {"rule": "PathPrefix(`/z/`)", "service": "s", "priority": 0},
                     "root": {"rule": "PathPrefix(`/`)", "service": "s", "priority": "1"},
-                    "neg": {"rule": "PathPrefix(`/z/n`)", "service": "s", "priority": -5}},
-        "services": {"s": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}}},
-    }})
+                    "neg": {"rule": "PathPrefix(`/z/n`)", "service": "s", "priority": -5},
+                },
+                "services": {"s": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}}},
+            }
+        }
+    )
     assert problems == []
     assert config.routers["z"].priority is None
     t, _ = RoutingTable.build(config)
@@ -172,8 +182,11 @@ def test_ties_go_to_the_smallest_router_name() -> None:
 
 
 def test_path_is_exact_and_prefix_is_a_string_prefix() -> None:
-    t = table(("exact", "Path(`/a/b`)", 100), ("prefix", "PathPrefix(`/a/b`)", 50),
-              ("root", "PathPrefix(`/`)", 1))
+    t = table(
+        ("exact", "Path(`/a/b`)", 100),
+        ("prefix", "PathPrefix(`/a/b`)", 50),
+        ("root", "PathPrefix(`/`)", 1),
+    )
     assert pick(t, "/a/b") == "exact"
     assert pick(t, "/a/b/") == "prefix"
     assert pick(t, "/a/bc/d") == "prefix"  # PathPrefix is not segment-aware (traefik)
@@ -194,20 +207,28 @@ def test_not_and_mixed_rules_use_the_fallback_and_merge_by_priority() -> None:
 
 
 def test_bad_routers_are_disabled_with_a_problem_not_raised() -> None:
-    config, problems = parse_dynamic_config({"http": {
-        "routers": {
-            "ok": {"rule": "PathPrefix(`/ok/`)", "service": "s"},
-            "hdr": {"rule": "Header(`a`, `b`) && PathPrefix(`/`)", "service": "s"},
-            "syntax": {"rule": "PathPrefix(`/x`", "service": "s"},
-            "orphan": {"rule": "PathPrefix(`/o/`)", "service": "missing"},
-            "norule": {"service": "s"},
-        },
-        "services": {"s": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}}},
-    }})
+    config, problems = parse_dynamic_config(
+        {
+            "http": {
+                "routers": {
+                    "ok": {"rule": "PathPrefix(`/ok/`)", "service": "s"},
+                    "hdr": {"rule": "Header(`a`, `b`) && PathPrefix(`/`)", "service": "s"},
+                    "syntax": {"rule": "PathPrefix(`/x`", "service": "s"},
+                    "orphan": {"rule": "PathPrefix(`/o/`)", "service": "missing"},
+                    "norule": {"service": "s"},
+                },
+                "services": {"s": {"loadBalancer": {"servers": [{"url": "http://127.0.0.1:1"}]}}},
+            }
+        }
+    )
     t, table_problems = RoutingTable.build(config)
     wheres = {p.where for p in problems + table_problems}
-    assert wheres == {"http.routers.hdr.rule", "http.routers.syntax.rule",
-                      "http.routers.orphan.service", "http.routers.norule.rule"}
+    assert wheres == {
+        "http.routers.hdr.rule",
+        "http.routers.syntax.rule",
+        "http.routers.orphan.service",
+        "http.routers.norule.rule",
+    }
     assert any("Header is not supported" in p.message for p in table_problems)
     assert len(t) == 1 and pick(t, "/ok/x") == "ok"
 
@@ -257,7 +278,8 @@ _rule_text = st.recursive(
         st.tuples(inner, inner).map(lambda t: f"({t[0]}) && ({t[1]})"),
         st.tuples(inner, inner).map(lambda t: f"({t[0]}) || ({t[1]})"),
         st.tuples(st.sampled_from(_HOSTS), _rule_path).map(
-            lambda t: f"Host(`{t[0]}`) && PathPrefix(`{t[1]}`)"),
+            lambda t: f"Host(`{t[0]}`) && PathPrefix(`{t[1]}`)"
+        ),
     ),
     max_leaves=5,
 )
@@ -275,8 +297,11 @@ def _spell(seg: str, how: int) -> str:
 
 _request = st.tuples(
     st.sampled_from([None, "a.com", "A.COM:80", "b.com", "x.w.com", "y.w.com", "w.com"]),
-    st.lists(st.tuples(st.sampled_from([*_SEGS, "alice%2Fx", ".."]),
-                       st.integers(0, 2)), min_size=1, max_size=4),
+    st.lists(
+        st.tuples(st.sampled_from([*_SEGS, "alice%2Fx", ".."]), st.integers(0, 2)),
+        min_size=1,
+        max_size=4,
+    ),
     st.booleans(),
 )
 
@@ -287,15 +312,17 @@ def _target(req_segs: list[tuple[str, int]], query: bool) -> bytes:
 
 
 def _install(routers: dict[str, tuple[str, int | None]]) -> list[tuple[RouterSpec, ServiceSpec]]:
-    return [(RouterSpec(n, rule, "s-" + n, prio), svc("s-" + n)) for n, (rule, prio)
-            in routers.items()]
+    return [
+        (RouterSpec(n, rule, "s-" + n, prio), svc("s-" + n)) for n, (rule, prio) in routers.items()
+    ]
 
 
 @given(_routers, st.lists(_request, min_size=1, max_size=30))
 @settings(max_examples=300, deadline=None)
-def test_trie_lookup_equals_brute_force(routers: dict[str, tuple[str, int | None]],
-                                        requests: list[tuple[str | None, list[tuple[str, int]],
-                                                             bool]]) -> None:
+def test_trie_lookup_equals_brute_force(
+    routers: dict[str, tuple[str, int | None]],
+    requests: list[tuple[str | None, list[tuple[str, int]], bool]],
+) -> None:
     t = RoutingTable()
     assert t.apply(_install(routers), []) == []
     for host, segs, query in requests:
@@ -303,14 +330,19 @@ def test_trie_lookup_equals_brute_force(routers: dict[str, tuple[str, int | None
         assert t.lookup(host, target) == t.brute_force_lookup(host, target), (host, target)
 
 
-@given(_routers, st.lists(st.tuples(_routers, st.lists(st.from_regex(r"\A[a-e][0-9]?\Z"),
-                                                       max_size=4)), max_size=4),
-       st.lists(_request, min_size=1, max_size=20))
+@given(
+    _routers,
+    st.lists(
+        st.tuples(_routers, st.lists(st.from_regex(r"\A[a-e][0-9]?\Z"), max_size=4)), max_size=4
+    ),
+    st.lists(_request, min_size=1, max_size=20),
+)
 @settings(max_examples=150, deadline=None)
 def test_trie_lookup_equals_brute_force_after_apply(
-        routers: dict[str, tuple[str, int | None]],
-        batches: list[tuple[dict[str, tuple[str, int | None]], list[str]]],
-        requests: list[tuple[str | None, list[tuple[str, int]], bool]]) -> None:
+    routers: dict[str, tuple[str, int | None]],
+    batches: list[tuple[dict[str, tuple[str, int | None]], list[str]]],
+    requests: list[tuple[str | None, list[tuple[str, int]], bool]],
+) -> None:
     t = RoutingTable()
     t.apply(_install(routers), [])
     fresh = dict(routers)

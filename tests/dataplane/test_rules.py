@@ -136,8 +136,11 @@ def test_minimal_parentheses_keep_the_meaning(tree: Rule) -> None:
     assert parse_rule(_naive(tree)) == tree
 
 
-@given(st.lists(_leaf, min_size=3, max_size=3), st.sampled_from(["&&", "||"]),
-       st.sampled_from(["&&", "||"]))
+@given(
+    st.lists(_leaf, min_size=3, max_size=3),
+    st.sampled_from(["&&", "||"]),
+    st.sampled_from(["&&", "||"]),
+)
 def test_and_binds_tighter_than_or(leaves: list[Matcher], op1: str, op2: str) -> None:
     a, b, c = (format_rule(x) for x in leaves)
     tree = parse_rule(f"{a} {op1} {b} {op2} {c}")
@@ -149,8 +152,11 @@ def test_and_binds_tighter_than_or(leaves: list[Matcher], op1: str, op2: str) ->
         assert tree == ctor2(ctor1(leaves[0], leaves[1]), leaves[2])
 
 
-@given(rules, st.sampled_from([None, "a.com", "x.a.com", "b"]),
-       st.lists(st.sampled_from(["", "a", "ab", "é"]), min_size=1, max_size=3))
+@given(
+    rules,
+    st.sampled_from([None, "a.com", "x.a.com", "b"]),
+    st.lists(st.sampled_from(["", "a", "ab", "é"]), min_size=1, max_size=3),
+)
 @settings(max_examples=200, deadline=None)
 def test_not_is_negation(tree: Rule, host: str | None, segs: list[str]) -> None:
     assert matches(Not(tree), host, tuple(segs)) is not matches(tree, host, tuple(segs))

@@ -57,6 +57,7 @@ async def watching() -> AsyncIterator[Callable[..., object]]:
         def start(fn: Callable[..., object], *args: object, **kw: object) -> Watch:
             async def run() -> None:
                 await fn(*args, lambda c, p: send.send_nowait((c, p)), **kw)  # type: ignore[misc]
+
             tg.start_soon(run)
             return Watch(receive)
 
@@ -91,7 +92,8 @@ async def test_file_changes_are_picked_up(tmp_path: Path, watching: Callable[...
 
 @pytest.mark.anyio
 async def test_broken_file_keeps_last_good_config_until_fixed(
-        tmp_path: Path, watching: Callable[..., Watch]) -> None:
+    tmp_path: Path, watching: Callable[..., Watch]
+) -> None:
     path = tmp_path / "dynamic.toml"
     await write(path, toml_doc("a"))
     w = watching(watch_file, path, interval=0.02)
@@ -117,19 +119,27 @@ async def test_missing_file_then_created(tmp_path: Path, watching: Callable[...,
     w = watching(watch_file, path, interval=0.02)
     config, problems = await w.next()
     assert config == DynamicConfig() and "does not exist" in problems[0].message
-    doc = {"http": {"routers": {"y": {"rule": "Host(`y`)", "service": "s"}},
-                    "services": {"s": {"loadBalancer": {"servers": [{"url": "http://a:1"}]}}}}}
+    doc = {
+        "http": {
+            "routers": {"y": {"rule": "Host(`y`)", "service": "s"}},
+            "services": {"s": {"loadBalancer": {"servers": [{"url": "http://a:1"}]}}},
+        }
+    }
     await replace_atomically(path, json.dumps(doc))  # JSON is valid YAML
     await w.next(routers_are("y"))
 
 
 @pytest.mark.anyio
 async def test_content_problems_are_reported_with_the_config(
-        tmp_path: Path, watching: Callable[..., Watch]) -> None:
+    tmp_path: Path, watching: Callable[..., Watch]
+) -> None:
     path = tmp_path / "dynamic.yml"
-    await write(path, "http:\n  routers:\n    ok: {rule: 'Host(`a`)', service: s}\n"
-                      "    bad: {service: s}\n  services:\n"
-                      "    s: {loadBalancer: {servers: [{url: 'http://a:1'}]}}\n")
+    await write(
+        path,
+        "http:\n  routers:\n    ok: {rule: 'Host(`a`)', service: s}\n"
+        "    bad: {service: s}\n  services:\n"
+        "    s: {loadBalancer: {servers: [{url: 'http://a:1'}]}}\n",
+    )
     w = watching(watch_file, path, interval=0.02)
     config, problems = await w.next()
     assert set(config.routers) == {"ok"}
@@ -172,7 +182,8 @@ def kv_router(prefix: str, name: str, port: int = 1) -> dict[str, str]:
 @pytest.mark.services
 @pytest.mark.anyio
 async def test_etcd_puts_and_deletes_are_watched(
-        etcd: Etcd, watching: Callable[..., Watch], anyio_backend: object) -> None:
+    etcd: Etcd, watching: Callable[..., Watch], anyio_backend: object
+) -> None:
     prefix = f"t1-{anyio_backend[0]}"  # type: ignore[index]
     await anyio.to_thread.run_sync(etcd.put_many, kv_router(prefix, "a"))
     await anyio.to_thread.run_sync(etcd.put, f"{prefix}x/http/routers/z/rule", "Host(`z`)")
@@ -181,11 +192,12 @@ async def test_etcd_puts_and_deletes_are_watched(
     await anyio.to_thread.run_sync(etcd.put_many, kv_router(prefix, "b"))
     config, _ = await w.next(routers_are("a", "b"))
     assert config.services["s-b"].servers[0].url == "http://127.0.0.1:1"
-    await anyio.to_thread.run_sync(etcd.put,
-                                   f"{prefix}/http/services/s-b/loadBalancer/servers/0/url",
-                                   "http://127.0.0.1:2")
-    config, _ = await w.next(lambda s: "s-b" in s[0].services
-                             and s[0].services["s-b"].servers[0].url.endswith(":2"))
+    await anyio.to_thread.run_sync(
+        etcd.put, f"{prefix}/http/services/s-b/loadBalancer/servers/0/url", "http://127.0.0.1:2"
+    )
+    config, _ = await w.next(
+        lambda s: "s-b" in s[0].services and s[0].services["s-b"].servers[0].url.endswith(":2")
+    )
     await anyio.to_thread.run_sync(lambda: etcd.delete(f"{prefix}/http/routers/a/", prefix=True))
     await w.next(routers_are("b"))
 
@@ -194,7 +206,8 @@ async def test_etcd_puts_and_deletes_are_watched(
 @pytest.mark.services
 @pytest.mark.anyio
 async def test_etcd_stopped_and_restarted_mid_watch(
-        etcd: Etcd, watching: Callable[..., Watch], anyio_backend: object) -> None:
+    etcd: Etcd, watching: Callable[..., Watch], anyio_backend: object
+) -> None:
     prefix = f"t2-{anyio_backend[0]}"  # type: ignore[index]
     await anyio.to_thread.run_sync(etcd.put_many, kv_router(prefix, "a"))
     w = watching(watch_etcd, etcd.url, prefix, max_backoff=0.2)

@@ -52,10 +52,23 @@ class Etcd:
     def start(self) -> None:
         peer = f"http://{LOOPBACK}:{self.peer_port}"
         argv = [
-            str(ETCD_BIN), "--name", "test", "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"test={peer}", "--log-level", "warn",
+            str(ETCD_BIN),
+            "--name",
+            "test",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            self.url,
+            "--advertise-client-urls",
+            self.url,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"test={peer}",
+            "--log-level",
+            "warn",
         ]
         self.child = ChildProcess(argv, log_path=self.workdir / "etcd.log")
         try:
@@ -81,15 +94,19 @@ class Etcd:
         self.start()
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=5) as resp:
             out: dict[str, Any] = json.loads(resp.read())
             return out
 
     def put(self, key: str, value: str) -> int:
-        return int(self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
-                   ["header"]["revision"])
+        return int(
+            self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})["header"]["revision"]
+        )
 
     def put_many(self, pairs: dict[str, str]) -> int:
         """Put several keys in one transaction (one revision, one watch event batch)."""
@@ -104,8 +121,10 @@ class Etcd:
 
     def get_prefix(self, prefix: str) -> dict[str, str]:
         out = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
-        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
-                for kv in out.get("kvs", [])}
+        return {
+            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+            for kv in out.get("kvs", [])
+        }
 
 
 @contextlib.contextmanager

@@ -34,8 +34,9 @@ def traefik_available() -> bool:
 class Traefik:
     """One running traefik; ``apply`` rewrites its dynamic config and waits until it is live."""
 
-    def __init__(self, workdir: Path, *, extra_args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.web_port = free_port()
         self.api_port = free_port()
@@ -124,8 +125,12 @@ class Traefik:
                 return False
             return set(seen) == expected
 
-        wait_until(ready, timeout=timeout, what=f"traefik generation {self.generation}",
-                   alive=self.child.check_alive)
+        wait_until(
+            ready,
+            timeout=timeout,
+            what=f"traefik generation {self.generation}",
+            alive=self.child.check_alive,
+        )
         seen.pop(marker, None)
         return seen
 
@@ -141,4 +146,3 @@ def running_traefik(workdir: Path, *, extra_args: Sequence[str] = ()) -> Iterato
         yield t
     finally:
         t.stop()
-
