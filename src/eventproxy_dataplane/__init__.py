@@ -17,6 +17,7 @@ from ._errors import (
     BackendError,
     BackendProtocolError,
     BackendTimeoutError,
+    ConfigSourceError,
     DataPlaneError,
     InvalidConfigError,
     RuleSyntaxError,
@@ -26,13 +27,16 @@ from ._routing import Route, RoutingTable
 from ._rules import format_rule, parse_rule
 from ._server import DataPlane
 from ._settings import ProxySettings
+from ._sources import ConfigCallback, load_config_file, watch_etcd, watch_file
 
 __all__: list[str] = [
     "BackendConnectError",
     "BackendError",
     "BackendProtocolError",
     "BackendTimeoutError",
+    "ConfigCallback",
     "ConfigProblem",
+    "ConfigSourceError",
     "DataPlane",
     "DataPlaneError",
     "DynamicConfig",
@@ -47,6 +51,9 @@ __all__: list[str] = [
     "SettingsError",
     "config_from_kv",
     "format_rule",
+    "load_config_file",
     "parse_dynamic_config",
     "parse_rule",
+    "watch_etcd",
+    "watch_file",
 ]
