@@ -28,6 +28,7 @@ backend it was routed to.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import quote
 
@@ -58,6 +59,7 @@ logger = logging.getLogger("eventproxy_dataplane.proxy")
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _TRANSPORT_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _EOM = h11.EndOfMessage()
+_NEVER = float("inf")
 _REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
@@ -104,7 +106,7 @@ class EmptyTable:
 class ProxyState:
     """What every connection of one data plane shares."""
 
-    __slots__ = ("activity", "metrics", "pool", "round_robin", "settings", "table")
+    __slots__ = ("activity", "clock", "metrics", "pool", "round_robin", "settings", "table")
 
     def __init__(self, table: TableLike, settings: ProxySettings) -> None:
         self.table = table
@@ -113,6 +115,25 @@ class ProxyState:
         self.metrics = Metrics()
         self.activity = Activity(settings.activity_interval)
         self.round_robin: dict[str, int] = {}
+        # the event loop's clock (what cancel-scope deadlines use); set_clock() picks a cheap one
+        self.clock: Callable[[], float] = anyio.current_time
+
+    def set_clock(self) -> None:
+        """Use the running loop's clock directly (anyio.current_time looks the loop up)."""
+        try:
+            import sniffio
+
+            library = sniffio.current_async_library()
+        except Exception:
+            return
+        if library == "asyncio":
+            import asyncio
+
+            self.clock = asyncio.get_running_loop().time
+        elif library == "trio":
+            import trio
+
+            self.clock = trio.current_time
 
     def pick_server(self, service: ServiceSpec) -> str | None:
         servers = service.servers
@@ -246,14 +267,15 @@ class ClientConnection:
         conn = self.conn
         timeout = settings.header_timeout if first else settings.idle_timeout
         seen = False
-        deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
+        clock = self.state.clock
+        deadline = clock() + timeout if timeout is not None else _NEVER
         with anyio.CancelScope(deadline=deadline) as scope:
             while True:
                 data = await self._recv()
                 if data and not seen:
                     seen = True
                     if not first and settings.header_timeout is not None:
-                        scope.deadline = anyio.current_time() + settings.header_timeout
+                        scope.deadline = clock() + settings.header_timeout
                 conn.receive_data(data)
                 event = conn.next_event()
                 if event is not h11.NEED_DATA:
@@ -450,28 +472,28 @@ class ClientConnection:
     ) -> int:
         conn = self.conn
         settings = self.settings
-        try:
-            with anyio.fail_after(settings.backend_response_timeout):
-                event = await backend.next_event()
-                while type(event) is h11.InformationalResponse:
-                    if event.status_code == 101 and websocket:
-                        break
-                    await self._send(
-                        conn.send(
-                            h11.InformationalResponse(
-                                status_code=event.status_code,
-                                headers=response_headers(event.headers),
-                                reason=event.reason,
-                            )
+        timeout = settings.backend_response_timeout
+        deadline = self.state.clock() + timeout if timeout is not None else _NEVER
+        with anyio.CancelScope(deadline=deadline) as scope:
+            event = await backend.next_event()
+            while type(event) is h11.InformationalResponse:
+                if event.status_code == 101 and websocket:
+                    break
+                await self._send(
+                    conn.send(
+                        h11.InformationalResponse(
+                            status_code=event.status_code,
+                            headers=response_headers(event.headers),
+                            reason=event.reason,
                         )
-                        or b""
                     )
-                    event = await backend.next_event()
-        except TimeoutError:
+                    or b""
+                )
+                event = await backend.next_event()
+        if scope.cancelled_caught:
             raise BackendTimeoutError(
-                f"backend {backend.address.url} did not answer within "
-                f"{settings.backend_response_timeout}s"
-            ) from None
+                f"backend {backend.address.url} did not answer within {timeout}s"
+            )
         if type(event) is h11.InformationalResponse:
             return await self._switch_to_websocket(backend, router, event)
         if type(event) is not h11.Response:

@@ -103,6 +103,7 @@ class DataPlane:
 
         ``task_status.started`` receives the bound port (useful with ``port=0``).
         """
+        self._state.set_clock()
         tls = ssl_context is not None
         if self.settings.io_edge == "auto" and fast_edge_available():
             await self._serve_tcp_fast(host, port, ssl_context, task_status)
@@ -153,6 +154,7 @@ class DataPlane:
         stream can report ``InvalidStateError`` to the loop when a reader is cancelled while the
         socket becomes readable.
         """
+        self._state.set_clock()
         if fast_edge_available():
             state = self._state
 
