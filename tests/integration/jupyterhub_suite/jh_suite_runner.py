@@ -1,0 +1,149 @@
+"""Run JupyterHub's own (shipped) test modules in a separate pytest process, with EventProxy.
+
+JupyterHub's tests need pytest-asyncio; the project's suite runs on anyio's plugin and must not
+get pytest-asyncio (its warnings and event-loop handling would change every other test). So
+pytest-asyncio is installed with ``pip --target`` into the git-ignored
+``.cache/jupyterhub-suite/site`` and put on ``PYTHONPATH`` for the child process only, together
+with :mod:`eventproxy_jupyterhub_plugin`, which makes JupyterHub's ``MockHub`` use
+``proxy_class = "eventproxy"``.
+
+By hand (the default module is ``jupyterhub.tests.test_proxy``)::
+
+    .venv/bin/python tests/integration/jupyterhub_suite/jh_suite_runner.py
+    .venv/bin/python tests/integration/jupyterhub_suite/jh_suite_runner.py \\
+        jupyterhub.tests.test_proxy jupyterhub.tests.test_named_servers   # + ~2 minutes
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+SITE = ROOT / ".cache" / "jupyterhub-suite" / "site"
+PYTEST_ASYNCIO = "pytest-asyncio>=1.0,<2"
+DEFAULT_MODULES = ("jupyterhub.tests.test_proxy",)
+TIMEOUT = 300.0
+# JupyterHub's own pytest settings (its pyproject.toml is not shipped in the wheel).
+INI = """\
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = module
+asyncio_default_test_loop_scope = module
+markers =
+    db: JupyterHub's marker
+    services: JupyterHub's marker
+    slow: JupyterHub's marker
+    role: JupyterHub's marker
+    user: JupyterHub's marker
+    group: JupyterHub's marker
+"""
+
+
+class Unavailable(RuntimeError):
+    """pytest-asyncio could not be installed (no pip, no registry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    test: str
+    outcome: str  # passed | failed | error | skipped | xfailed
+    message: str
+
+
+def ensure_pytest_asyncio() -> Path:
+    """``.cache/jupyterhub-suite/site`` with pytest-asyncio in it (installed on first use)."""
+    if (SITE / "pytest_asyncio").is_dir():
+        return SITE
+    SITE.mkdir(parents=True, exist_ok=True)
+    marker = ROOT / ".cache" / ".gitignore"
+    if not marker.exists():
+        marker.write_text("# installed tools; never committed\n*\n")
+    argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target"]
+    done = subprocess.run(
+        [*argv, str(SITE), PYTEST_ASYNCIO], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 or not (SITE / "pytest_asyncio").is_dir():
+        raise Unavailable(f"pip install {PYTEST_ASYNCIO} failed:\n{done.stdout}{done.stderr}")
+    return SITE
+
+
+def run(
+    modules: tuple[str, ...] = DEFAULT_MODULES, *, workdir: Path
+) -> tuple[int, str, list[Result]]:
+    """Run ``modules`` with EventProxy; returns (pytest's exit code, its output, results)."""
+    site = ensure_pytest_asyncio()
+    ini = workdir / "pytest.ini"
+    ini.write_text(INI)
+    junit = workdir / "junit.xml"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(site), str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+        "EVENTPROXY_JH_SUITE_PROXY": "eventproxy",
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(ini),
+        "--rootdir",
+        str(workdir),
+        "-p",
+        "eventproxy_jupyterhub_plugin",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfEsxX",
+        f"--junitxml={junit}",
+        "--pyargs",
+        *modules,
+    ]
+    done = subprocess.run(
+        argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+    return done.returncode, done.stdout + done.stderr, parse_junit(junit)
+
+
+def parse_junit(path: Path) -> list[Result]:
+    if not path.exists():
+        return []
+    results = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        outcome, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome, message = (
+                    ("failed" if child.tag == "failure" else "error"),
+                    str(child.get("message", "")),
+                )
+            elif child.tag == "skipped":
+                kind = child.get("type", "")
+                outcome = "xfailed" if kind == "pytest.xfail" else "skipped"
+                message = str(child.get("message", ""))
+        results.append(Result(name, outcome, message))
+    return results
+
+
+def main(argv: list[str]) -> int:
+    modules = tuple(argv) or DEFAULT_MODULES
+    with tempfile.TemporaryDirectory() as tmp:
+        code, output, results = run(modules, workdir=Path(tmp))
+    print(output)
+    for r in results:
+        if r.outcome != "passed":
+            print(f"{r.outcome:8} {r.test}  {r.message}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
