@@ -60,6 +60,40 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def run_jupyterhub_suite(modules: tuple[str, ...]) -> list[Any]:
+    """JupyterHub's own test modules with EventProxy (see jupyterhub_suite/jh_suite_runner.py)."""
+    sys.path.insert(0, str(ROOT / "tests" / "integration" / "jupyterhub_suite"))
+    from jh_suite_runner import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        code, output, results = run(modules, workdir=Path(tmp))
+    if not results:
+        raise RuntimeError(f"JupyterHub's tests did not run (exit code {code}):\n{output}")
+    return list(results)
+
+
+def render_jupyterhub(modules: tuple[str, ...], results: list[Any]) -> str:
+    counts = {o: sum(r.outcome == o for r in results) for o in ("passed", "xfailed", "skipped")}
+    failed = len(results) - sum(counts.values())
+    out = [
+        "",
+        '## JupyterHub\'s own proxy tests with `proxy_class = "eventproxy"`',
+        "",
+        f"{', '.join(f'`{m}`' for m in modules)} from the installed JupyterHub, run by "
+        "`tests/integration/jupyterhub_suite/` with every `MockHub` using `EventProxy`: "
+        f"{counts['passed']} passed, {counts['skipped']} skipped (by JupyterHub itself), "
+        f"{counts['xfailed']} not run (why: in the table), {failed} failed.",
+        "",
+        "| test | outcome | why |",
+        "|---|---|---|",
+    ]
+    for r in results:
+        why = _escape(r.message.removeprefix("[NOTRUN] ").removeprefix("Skipped: "))
+        outcome = {"xfailed": "not run", "passed": "pass"}.get(r.outcome, r.outcome)
+        out.append(f"| `{_escape(r.test.split('::', 1)[-1])}` | {outcome} | {why} |")
+    return "\n".join(out) + "\n"
+
+
 def render(records: list[dict[str, Any]]) -> str:
     labels = sorted(
         {r["implementation"] for r in records},
@@ -116,6 +150,11 @@ def render(records: list[dict[str, Any]]) -> str:
         "backends. A *documented difference* is a strict xfail: the test runs, fails as",
         "described, and the run fails if it ever passes, so the table cannot go stale silently.",
         "",
+        "The suite ships as `eventproxy.testing`: any JupyterHub proxy project can run it against",
+        "its own `Proxy` subclass by providing one fixture (`conformance_proxy_factory`) and",
+        "importing the tests (`from eventproxy.testing.suite import *`); the package docstring",
+        "describes the contract, `tests/integration/test_conformance_chp.py` is an example.",
+        "",
         f"Run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; JupyterHub "
         f"{version('jupyterhub')}; configurable-http-proxy {_chp_version()} (npm), driven by "
         "JupyterHub's own `ConfigurableHTTPProxy`; eventproxy "
@@ -152,16 +191,26 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--run", action="store_true", help="run the suite first")
     source.add_argument("--json", type=Path, help="render results of an earlier run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown file to write")
+    parser.add_argument(
+        "--jupyterhub-modules",
+        default="jupyterhub.tests.test_proxy",
+        help="with --run: JupyterHub test modules to run with EventProxy (comma-separated; "
+        "empty: none)",
+    )
     args = parser.parse_args(argv)
     code = 0
+    extra = ""
     if args.run:
         with tempfile.TemporaryDirectory() as tmp:
             json_path = Path(tmp) / "conformance.json"
             code = run_suite(json_path)
             records = json.loads(json_path.read_text())["records"]
+        modules = tuple(m for m in args.jupyterhub_modules.split(",") if m)
+        if modules:
+            extra = render_jupyterhub(modules, run_jupyterhub_suite(modules))
     else:
         records = json.loads(args.json.read_text())["records"]
-    args.out.write_text(render(records))
+    args.out.write_text(render(records) + extra)
     print(f"wrote {args.out} ({len(records)} results)")
     return code
 

@@ -39,6 +39,7 @@ __all__ = [
     "test_last_activity",
     "test_longest_prefix_wins",
     "test_only_own_routes",
+    "test_other_spellings_of_escaped_names",
     "test_persistence_across_restart",
     "test_prefix_is_segment_bounded",
     "test_readd_replaces_target",
@@ -474,12 +475,36 @@ async def test_jupyterhub_escaped_names(
     assert await _backend_of(put, f"{spec}lab") in ("walnut-default", "root")
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("dollar", "/user/walnut/$p~c|a!%20ch@rs/"),
+        Case("lowercase-escapes", "/user/walnut/%24p~c%7ca%21%20ch@rs/"),
+    ],
+    ids=["dollar", "lowercase-escapes"],
+)
+async def test_other_spellings_of_escaped_names(
+    conformance_proxy: ProxyUnderTest, conformance_backends: Backends, case: Case
+) -> None:
+    """A request that spells an escaped name differently (a raw $ for %24, lowercase hex)
+    reaches the same server: both decode to the same path, as browsers and servers treat
+    them."""
+    put, proxy = conformance_proxy, conformance_proxy.proxy
+    root = await conformance_backends.start("root")
+    named = await conformance_backends.start("named")
+    await proxy.add_route("/", root.url, {})
+    await proxy.add_route("/user/walnut/%24p~c%7Ca%21%20ch@rs/", named.url, {})
+    assert await _backend_of(put, "/user/walnut/%24p~c%7Ca%21%20ch@rs/lab") == "named"
+    assert await _backend_of(put, f"{case.value}lab") == "named"
+
+
 _HOSTILE = [
     Case("dot-dot", "/user/../hub/"),
     Case("encoded-dot-dot", "/user/%2e%2e/hub/"),
     Case("encoded-slash", "/user/%2F/"),
     Case("rule-injection", "/x`) || PathPrefix(`/hub"),
     Case("crlf", "/user/x\r\nX-Injected: 1/"),
+    Case("encoded-crlf", "/user/x%0D%0AX-Injected:%201/"),
     Case("empty-segment", "/user//"),
 ]
 
