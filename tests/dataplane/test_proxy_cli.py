@@ -18,6 +18,7 @@ import eventproxy_dataplane
 from eventproxy_dataplane.cli import main
 from support import child_process, free_port, port_accepts
 from support.backends import HTTPBackend, HTTPClient
+from support.etcd import etcd_available, running_etcd
 
 pytestmark = pytest.mark.anyio
 
@@ -152,6 +153,59 @@ async def test_node_reloads_the_config_file_and_serves_admin(
                 assert health.json()["status"] == "ok" and health.json()["generation"] >= 2
                 metrics = (await c.request("GET", "/metrics")).body.decode()
                 assert 'eventproxy_dataplane_requests_total{router="r1",code="2xx"}' in metrics
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed")
+async def test_node_follows_traefik_kv_in_etcd(tmp_path: Path, anyio_backend: object) -> None:
+    async with anyio.create_task_group() as tg:
+        one, two = HTTPBackend(name="one"), HTTPBackend(name="two")
+        await tg.start(one.serve)
+        await tg.start(two.serve)
+        cm = running_etcd(tmp_path / "etcd")
+        etcd = await anyio.to_thread.run_sync(cm.__enter__)
+        try:
+            await anyio.to_thread.run_sync(
+                etcd.put_many,
+                {
+                    "traefik/http/routers/a/rule": "PathPrefix(`/a/`)",
+                    "traefik/http/routers/a/service": "a",
+                    "traefik/http/services/a/loadBalancer/servers/0/url": one.url,
+                },
+            )
+            port = free_port()
+            argv = [
+                sys.executable, "-m", "eventproxy_dataplane", "--etcd", etcd.url,
+                "--listen", f"127.0.0.1:{port}", "--loop", _loop(anyio_backend),
+            ]  # fmt: skip
+            env = {"PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+            node = child_process(
+                argv,
+                log_path=tmp_path / "node.log",
+                ready=lambda: port_accepts(port),
+                what="the data-plane node",
+                env=env,
+            )
+            await anyio.to_thread.run_sync(node.__enter__)
+            try:
+                async with await HTTPClient.connect(port) as c:
+                    assert (await c.request("GET", "/a/x")).json()["backend"] == "one"
+                    await anyio.to_thread.run_sync(
+                        etcd.put_many,
+                        {
+                            "traefik/http/routers/b/rule": "PathPrefix(`/b/`)",
+                            "traefik/http/routers/b/service": "b",
+                            "traefik/http/services/b/loadBalancer/servers/0/url": two.url,
+                        },
+                    )
+                    with anyio.fail_after(10):
+                        while (await c.request("GET", "/b/x")).status == 404:  # noqa: ASYNC110
+                            await anyio.sleep(0.05)
+                    assert (await c.request("GET", "/b/x")).json()["backend"] == "two"
+            finally:
+                await anyio.to_thread.run_sync(node.__exit__, None, None, None)
+        finally:
+            await anyio.to_thread.run_sync(cm.__exit__, None, None, None)
         tg.cancel_scope.cancel()
 
 
