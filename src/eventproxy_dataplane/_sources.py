@@ -20,6 +20,7 @@ worker thread (``anyio.to_thread``), etcd is reached with httpx's async client.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import tomllib
@@ -196,29 +197,30 @@ async def _follow(
     timeout = httpx.Timeout(5.0, read=None)
     async with client.stream("POST", f"{url}/v3/watch", json=body, timeout=timeout) as resp:
         resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if not line.strip():
-                continue
-            message = json.loads(line)
-            if "error" in message:
-                raise ConfigSourceError(f"watch failed: {message['error']}")
-            result = message.get("result", {})
-            if result.get("canceled") or int(result.get("compact_revision", 0) or 0):
-                raise _Resync(result.get("cancel_reason") or "watch cancelled or compacted")
-            if result.get("created"):
-                connected()
-            events = result.get("events") or []
-            if not events:
-                continue
-            for event in events:
-                kv = event.get("kv", {})
-                key = _kv_text(kv, "key")
-                if event.get("type") == "DELETE":
-                    state.pairs.pop(key, None)
-                else:
-                    state.pairs[key] = _kv_text(kv, "value")
-                state.revision = max(state.revision, int(kv.get("mod_revision", 0)))
-            on_config(*state.snapshot())
+        async with contextlib.aclosing(resp.aiter_lines()) as lines:
+            async for line in lines:
+                if not line.strip():
+                    continue
+                message = json.loads(line)
+                if "error" in message:
+                    raise ConfigSourceError(f"watch failed: {message['error']}")
+                result = message.get("result", {})
+                if result.get("canceled") or int(result.get("compact_revision", 0) or 0):
+                    raise _Resync(result.get("cancel_reason") or "watch cancelled or compacted")
+                if result.get("created"):
+                    connected()
+                events = result.get("events") or []
+                if not events:
+                    continue
+                for event in events:
+                    kv = event.get("kv", {})
+                    key = _kv_text(kv, "key")
+                    if event.get("type") == "DELETE":
+                        state.pairs.pop(key, None)
+                    else:
+                        state.pairs[key] = _kv_text(kv, "value")
+                    state.revision = max(state.revision, int(kv.get("mod_revision", 0)))
+                on_config(*state.snapshot())
 
 
 async def watch_etcd(
