@@ -24,9 +24,9 @@ import contextlib
 import json
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import anyio
 import anyio.to_thread
@@ -197,7 +197,8 @@ async def _follow(
     timeout = httpx.Timeout(5.0, read=None)
     async with client.stream("POST", f"{url}/v3/watch", json=body, timeout=timeout) as resp:
         resp.raise_for_status()
-        async with contextlib.aclosing(resp.aiter_lines()) as lines:
+        lines_gen = cast(AsyncGenerator[str, None], resp.aiter_lines())  # it is one
+        async with contextlib.aclosing(lines_gen) as lines:
             async for line in lines:
                 if not line.strip():
                     continue
