@@ -175,8 +175,10 @@ class ClientConnection:
         "head",
         "proto",
         "read_size",
+        "router",
         "settings",
         "state",
+        "status",
         "stream",
         "target",
     )
@@ -200,6 +202,8 @@ class ClientConnection:
         )
         self.head = False
         self.target = b""
+        self.router = ""  # the current request's router ("" before routing / without a route)
+        self.status = 0  # the status sent for the current request (0: none yet)
 
     # -- the connection loop ---------------------------------------------------------------
 
@@ -210,11 +214,17 @@ class ClientConnection:
             first = True
             conn = self.conn
             while True:
-                request = await self._read_request(first)
-                if request is None:
-                    return
-                first = False
-                await self._handle(request)
+                self.router = ""
+                self.status = 0
+                try:
+                    request = await self._read_request(first)
+                    if request is None:
+                        return
+                    first = False
+                    await self._handle(request)
+                finally:
+                    if self.status:
+                        metrics.count_response(self.router, self.status)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -250,7 +260,6 @@ class ClientConnection:
         except h11.RemoteProtocolError as exc:
             # The detail goes to the debug log only: it quotes what the client sent.
             logger.debug("refusing a malformed request: %s", exc)
-            self.state.metrics.count_response("", exc.error_status_hint)
             await self._send_simple(
                 exc.error_status_hint, _generic(exc.error_status_hint), close=True
             )
@@ -281,7 +290,6 @@ class ClientConnection:
                 if event is not h11.NEED_DATA:
                     return event
         if seen:
-            self.state.metrics.count_response("", 408)
             await self._send_simple(408, _generic(408), close=True)
         return h11.PAUSED
 
@@ -300,7 +308,6 @@ class ClientConnection:
             max_header_bytes=settings.max_header_bytes,
         )
         if type(prepared) is Rejection:
-            state.metrics.count_response("", prepared.status)
             await self._send_simple(prepared.status, f"{prepared.reason}\n".encode(), close=True)
             return
         assert type(prepared) is PreparedRequest
@@ -319,23 +326,20 @@ class ClientConnection:
                     break
         except h11.RemoteProtocolError as exc:
             logger.debug("refusing a malformed request body: %s", exc)
-            state.metrics.count_response("", 400)
             await self._send_simple(400, _generic(400), close=True)
             return
         complete = conn.their_state is not h11.SEND_BODY
         if route is None:
-            state.metrics.count_response("", 404)
             await self._send_error(404, close=not complete)
             return
-        router = route.router
+        router = self.router = route.router
         state.activity.touch(router)
         state.metrics.in_flight += 1
         try:
-            status = await self._forward(route, request, prepared, events, complete)
+            await self._forward(route, request, prepared, events, complete)
         finally:
             state.metrics.in_flight -= 1
             state.activity.touch(router)
-        state.metrics.count_response(router, status)
 
     async def _forward(
         self,
@@ -442,7 +446,6 @@ class ClientConnection:
             first = failure[0]
             if isinstance(first, _RequestBodyError):
                 logger.debug("request body failed: %s", first)
-                self.state.metrics.count_response("", 400)
                 await self._send_simple(400, _generic(400), close=True)
                 raise _CloseClient from None
             raise first
@@ -498,7 +501,7 @@ class ClientConnection:
             return await self._switch_to_websocket(backend, router, event)
         if type(event) is not h11.Response:
             raise BackendProtocolError(f"backend {backend.address.url} sent {event!r}")
-        status = event.status_code
+        status = self.status = event.status_code
         head = conn.send(
             h11.Response(
                 status_code=status,
@@ -549,6 +552,7 @@ class ClientConnection:
         self, backend: BackendConnection, router: str, event: h11.InformationalResponse
     ) -> int:
         conn = self.conn
+        self.status = 101
         await self._send(
             conn.send(
                 h11.InformationalResponse(
@@ -559,7 +563,6 @@ class ClientConnection:
             )
             or b""
         )
-        self.state.metrics.count_response(router, 101)
         activity = self.state.activity
         await relay(
             self.stream,
@@ -606,6 +609,7 @@ class ClientConnection:
         conn = self.conn
         if conn.our_state is not h11.IDLE and conn.our_state is not h11.SEND_RESPONSE:
             raise _CloseClient
+        self.status = status
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
         if close:
             headers.append((b"connection", b"close"))

@@ -69,6 +69,8 @@ class DataPlane:
         self._table = table
         self._state.table = table
         self._state.metrics.config_generation += 1
+        # routers that are gone no longer report activity
+        self._state.activity.forget(frozenset(table.routers()))
 
     @property
     def generation(self) -> int:

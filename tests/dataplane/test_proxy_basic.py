@@ -210,6 +210,20 @@ async def test_http10_client_gets_close_delimited_body() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_close_delimited_backend_response_is_reframed() -> None:
+    async with anyio.create_task_group() as tg:
+        backend = HTTPBackend()
+        await tg.start(backend.serve)
+        table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
+        async with running_proxy(table) as proxy, await HTTPClient.connect(proxy.port) as c:
+            reply = await c.request("GET", "/http10")
+            assert reply.status == 200 and reply.body == b"old" * 1000
+            assert reply.header(b"transfer-encoding") == b"chunked"
+            assert reply.header(b"x-old") == b"yes"
+            assert (await c.request("GET", "/next")).status == 200  # client stays connected
+        tg.cancel_scope.cancel()
+
+
 async def test_settings_reject_bad_values() -> None:
     from eventproxy_dataplane import SettingsError
 

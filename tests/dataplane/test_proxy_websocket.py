@@ -146,6 +146,11 @@ async def test_activity_is_recorded_per_router_at_a_bounded_rate() -> None:
                 await c.request("GET", "/a/1")
             assert proxy.plane.activity()["a"] == first  # at most once per second
             assert "b" not in proxy.plane.activity()
+            await c.request("GET", "/b/1")
+            assert set(proxy.plane.activity()) == {"a", "b"}
+            # a swap to a table without "a" forgets its activity
+            proxy.plane.set_table(make_table({"b": ("PathPrefix(`/b/`)", [backend.url])}))
+            assert set(proxy.plane.activity()) == {"b"}
         tg.cancel_scope.cancel()
 
 

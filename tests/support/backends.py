@@ -13,6 +13,7 @@ what reached them, so a test can assert that a request was (or was never) forwar
     /drip/N/SECONDS   N small chunks, one every SECONDS
     /reset            send a head announcing 1 MB and 1000 bytes of it, then close abruptly
     /close            close the connection without answering
+    /http10           an HTTP/1.0 answer without Content-Length, ended by closing
     /then-close       answer 200 (keep-alive), then close the connection (a stale pooled one)
     /status/CODE      an empty response with that status
     /upgrade-refused  answer a WebSocket upgrade with 403
@@ -212,6 +213,9 @@ class HTTPBackend(_Base):
             await stream.send((conn.send(head) or b"") + b"z" * 1000)
             return False
         if kind == "close":
+            return False
+        if kind == "http10":  # an HTTP/1.0 answer delimited by closing the connection
+            await stream.send(b"HTTP/1.0 200 OK\r\nX-Old: yes\r\n\r\n" + b"old" * 1000)
             return False
         if kind == "then-close":  # answer as if keeping the connection, then close it
             await stream.send(
