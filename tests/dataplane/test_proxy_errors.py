@@ -253,6 +253,29 @@ async def test_large_upload_is_streamed_to_the_backend() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_client_vanishing_mid_upload_frees_the_backend_connection() -> None:
+    async with anyio.create_task_group() as tg:
+        backend = HTTPBackend()
+        await tg.start(backend.serve)
+        table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
+        async with running_proxy(table) as proxy:
+            async with await anyio.connect_tcp("127.0.0.1", proxy.port) as s:
+                await s.send(
+                    b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+                )
+                await s.send(b"u" * 1_000_000)
+                with anyio.fail_after(5):
+                    while not backend.open_connections:  # noqa: ASYNC110 - polls a counter
+                        await anyio.sleep(0.01)
+            with anyio.fail_after(5):
+                while backend.open_connections:  # noqa: ASYNC110 - polls a counter
+                    await anyio.sleep(0.01)
+            assert proxy.plane.metrics_text().count("in_flight_requests 0") == 1
+            async with await HTTPClient.connect(proxy.port) as c:
+                assert (await c.request("GET", "/still-fine")).status == 200
+        tg.cancel_scope.cancel()
+
+
 async def test_metrics_and_health_on_the_admin_listener() -> None:
     async with anyio.create_task_group() as tg:
         backend = HTTPBackend()
