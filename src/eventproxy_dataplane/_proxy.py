@@ -367,7 +367,11 @@ class ClientConnection:
             target=prepared.path,
             headers=backend_headers(
                 prepared,
-                backend_host=None if service.pass_host_header else address.netloc,
+                backend_host=(
+                    None
+                    if service.pass_host_header and prepared.host is not None
+                    else address.netloc  # also for an HTTP/1.0 request without Host
+                ),
                 client_ip=self.client_ip,
                 proto=self.proto,
             ),
