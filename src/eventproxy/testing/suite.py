@@ -507,35 +507,26 @@ _HOSTILE = [
     Case("encoded-crlf", "/user/x%0D%0AX-Injected:%201/"),
     Case("empty-segment", "/user//"),
 ]
+# What configurable-http-proxy (through JupyterHub's ConfigurableHTTPProxy) does with them.
+_CHP_CAPTURES = {
+    "dot-dot": "the route is stored as /hub/ (the dot segment is resolved on the way to CHP's "
+    "API) and captures the hub's traffic",
+    "encoded-dot-dot": "%2e%2e is decoded and resolved on the way to CHP's API: the route is "
+    "stored as /hub/ and captures the hub's traffic",
+    "encoded-slash": "the route is stored as /user/ and captures every user without a route of "
+    "their own",
+    "empty-segment": "the route is stored as /user/ and captures every user without a route of "
+    "their own",
+}
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(
-            c,
-            id=c.conformance_id,
-            marks=[
-                proxy_difference(
-                    CHP,
-                    reason={
-                        "dot-dot": "the route is stored as /hub/ (the dot segment is resolved "
-                        "on the way to CHP's API) and captures the hub's traffic",
-                        "encoded-dot-dot": "%2e%2e is decoded and resolved on the way to "
-                        "CHP's API: the route is stored as /hub/ and captures the hub's traffic",
-                        "encoded-slash": "the route is stored as /user/ and captures every "
-                        "user without a route of their own",
-                        "empty-segment": "the route is stored as /user/ and captures every "
-                        "user without a route of their own",
-                    }[c.conformance_id],
-                )
-            ]
-            if c.conformance_id in ("dot-dot", "encoded-dot-dot", "encoded-slash", "empty-segment")
-            else [],
-        )
-        for c in _HOSTILE
-    ],
-)
+def _hostile_param(case: Case) -> Any:
+    reason = _CHP_CAPTURES.get(case.conformance_id)
+    marks = [] if reason is None else [proxy_difference(CHP, reason=reason)]
+    return pytest.param(case, id=case.conformance_id, marks=marks)
+
+
+@pytest.mark.parametrize("case", [_hostile_param(c) for c in _HOSTILE])
 async def test_hostile_routespec(
     request: pytest.FixtureRequest,
     conformance_proxy: ProxyUnderTest,
