@@ -27,12 +27,21 @@ _BAD_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _DOTS: Final = frozenset((".", ".."))
 
 
-def _decode_segment(raw: bytes) -> str | None:
-    if b"%" in raw:
-        if _BAD_PERCENT.search(raw):
+def _split_encoded_slashes(
+    authority: str | None, path: bytes
+) -> tuple[str | None, tuple[str, ...]] | None:
+    """Split on the raw ``/`` first, then decode each segment: ``%2F`` stays inside."""
+    raw_segments = path[1:].split(b"/")
+    last = len(raw_segments) - 1
+    decoded = []
+    for i, raw in enumerate(raw_segments):
+        if not raw and i < last:
             return None
-        raw = unquote_to_bytes(raw)
-    return raw.decode("utf-8", "surrogateescape")
+        seg = unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
+        if seg in _DOTS:
+            return None
+        decoded.append(seg)
+    return authority, tuple(decoded)
 
 
 def parse_target(target: bytes) -> tuple[str | None, tuple[str, ...]] | None:
@@ -59,22 +68,19 @@ def parse_target(target: bytes) -> tuple[str | None, tuple[str, ...]] | None:
     path = target if q < 0 else target[:q]
     if b"#" in path:
         return None
-    if b"%" not in path:
-        text = path.decode("utf-8", "surrogateescape")
-        if "//" in text:
+    if b"%" in path:
+        if _BAD_PERCENT.search(path):
             return None
-        segments = tuple(text[1:].split("/"))
-        if "/." in text and (_DOTS & set(segments)):
-            return None
-        return authority, segments
-    decoded = []
-    last = path.count(b"/") - 1
-    for i, raw in enumerate(path[1:].split(b"/")):
-        seg = _decode_segment(raw)
-        if seg is None or seg in _DOTS or (not seg and not raw and i < last):
-            return None
-        decoded.append(seg)
-    segments = tuple(decoded)
+        if b"%2f" not in path and b"%2F" not in path:
+            path = unquote_to_bytes(path)  # no encoded slash: decoding first splits the same
+        else:
+            return _split_encoded_slashes(authority, path)
+    text = path.decode("utf-8", "surrogateescape")
+    if "//" in text:
+        return None
+    segments = tuple(text[1:].split("/"))
+    if "/." in text and (_DOTS & set(segments)):
+        return None
     return authority, segments
 
 
