@@ -361,3 +361,56 @@ def test_trie_lookup_equals_brute_force_after_apply(
         assert t.brute_force_lookup(host, target) == expected
     t.apply([], list(fresh))
     assert len(t) == 0 and t._tries == {} and t._fallback == []
+
+
+def test_apply_never_raises_on_bad_input() -> None:
+    t = RoutingTable()
+    deep = "(" * 5000 + "Host(`a`)" + ")" * 5000
+    problems = t.apply(
+        [
+            (RouterSpec("deep", deep, "s"), svc("s")),
+            ("not a spec", svc("s")),  # type: ignore[list-item]
+            (RouterSpec("ok", "Host(`a`)", "s"), svc("s")),
+        ],
+        [],
+    )
+    assert len(problems) == 2 and len(t) == 1
+    assert problems[0].where == "http.routers.deep.rule"
+
+
+_any_text_segment = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=6
+).filter(lambda s: s not in (".", "..") and "/" not in s)
+
+
+@given(st.lists(_any_text_segment, min_size=1, max_size=4), st.booleans(), st.data())
+@settings(max_examples=300, deadline=None)
+def test_every_spelling_of_a_path_decodes_to_the_same_segments(
+    segs: list[str], slash: bool, data: st.DataObject
+) -> None:
+    want = (*segs, "") if slash else tuple(segs)
+    spelled = []
+    for seg in want:
+        out = []
+        for ch in seg:
+            choice = data.draw(st.integers(0, 2))
+            safe = ch.isascii() and (ch.isalnum() or ch in "-._~!$&'()*+,;=:@")
+            if choice == 0 and safe:
+                out.append(ch)
+            else:
+                enc = quote(ch, safe="")
+                enc = "".join(f"%{b:02X}" for b in ch.encode()) if enc == ch else enc
+                out.append(enc.lower() if choice == 2 else enc)
+        spelled.append("".join(out))
+    target = ("/" + "/".join(spelled)).encode()
+    from eventproxy_dataplane._paths import parse_target
+
+    assert parse_target(target) == (None, want)
+    t = table(("r", "PathPrefix(" + repr_rule("/" + "/".join(want)) + ")", None))
+    assert pick(t, target) == "r"
+
+
+def repr_rule(path: str) -> str:
+    from eventproxy_dataplane._rules import Matcher, format_rule
+
+    return format_rule(Matcher("Path", path))[len("Path(") : -1]
