@@ -247,9 +247,13 @@ def requests_for(
                     "w.test",
                     "hub.test",
                     "other.test",
+                    "x.w.test.",
+                    "HUB.test.:80",
                 ]
             )
         )
+        if draw(st.integers(0, 9)) == 0:  # absolute-form: its authority wins over Host
+            target = f"http://{draw(st.sampled_from(['a.test', 'X.w.test:80']))}{target}"
         out.append((host, target))
     return out
 
