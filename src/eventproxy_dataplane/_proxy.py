@@ -8,8 +8,8 @@ Theory of operation (the connection lifecycle):
     take a backend connection (pool) ──(refused: 502, timeout: 504)──▶ send head + buffered body
       │                                      (one write; a body still arriving is pumped by a
       ▼                                       second task, with back-pressure)
-    read response head ──(reset: 502, timeout: 504; a reused pooled connection is retried once
-      │                   when nothing came back and the whole request was still in hand)
+    read response head ──(reset: 502, timeout: 504 + close; a reused pooled connection is
+      │                   retried once when nothing came back and the request was still in hand)
       ├─ 101 to a WebSocket upgrade: send 101, then relay raw bytes until either side closes
       ▼
     stream the response: each read from the backend becomes one write to the client; a backend
@@ -18,6 +18,10 @@ Theory of operation (the connection lifecycle):
       ▼
     both h11 machines DONE: backend connection back to the pool, next request (pipelined
     requests are answered in order because h11 pauses until ``start_next_cycle``)
+
+Timeouts: a connection sets ``deadline`` (and ``phase``: idle, header or backend) while it waits;
+the listener's :func:`watchdog` cancels the connection's scope once the deadline has passed, and
+the connection then answers 408 or 504 (as the phase calls for) and closes.
 
 This module owns sockets, timeouts and tasks. What a request may contain and which headers are
 forwarded is decided by the pure functions of :mod:`._proxy_headers`; h11 does the framing.
@@ -60,6 +64,8 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _TRANSPORT_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _EOM = h11.EndOfMessage()
 _NEVER = float("inf")
+# what a connection is waiting for when its deadline passes
+_IDLE, _HEADER, _BACKEND = 0, 1, 2
 _REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
@@ -106,7 +112,16 @@ class EmptyTable:
 class ProxyState:
     """What every connection of one data plane shares."""
 
-    __slots__ = ("activity", "clock", "metrics", "pool", "round_robin", "settings", "table")
+    __slots__ = (
+        "activity",
+        "clock",
+        "connections",
+        "metrics",
+        "pool",
+        "round_robin",
+        "settings",
+        "table",
+    )
 
     def __init__(self, table: TableLike, settings: ProxySettings) -> None:
         self.table = table
@@ -115,6 +130,7 @@ class ProxyState:
         self.metrics = Metrics()
         self.activity = Activity(settings.activity_interval)
         self.round_robin: dict[str, int] = {}
+        self.connections: set[ClientConnection] = set()
         # the event loop's clock (what cancel-scope deadlines use); set_clock() picks a cheap one
         self.clock: Callable[[], float] = anyio.current_time
 
@@ -172,10 +188,14 @@ class ClientConnection:
     __slots__ = (
         "client_ip",
         "conn",
+        "deadline",
         "head",
+        "phase",
         "proto",
         "read_size",
         "router",
+        "scope",
+        "seen",
         "settings",
         "state",
         "status",
@@ -204,38 +224,67 @@ class ClientConnection:
         self.target = b""
         self.router = ""  # the current request's router ("" before routing / without a route)
         self.status = 0  # the status sent for the current request (0: none yet)
+        # Timeouts: the listener's watchdog cancels ``scope`` once ``deadline`` (on the loop's
+        # clock) has passed; ``phase`` says what was awaited. Setting a deadline is two
+        # attribute writes instead of a cancel scope and a timer per wait.
+        self.deadline = _NEVER
+        self.phase = _IDLE
+        self.seen = False  # bytes of the current request head have arrived
+        self.scope = anyio.CancelScope()
 
     # -- the connection loop ---------------------------------------------------------------
 
     async def run(self) -> None:
-        metrics = self.state.metrics
+        state = self.state
+        metrics = state.metrics
         metrics.connections += 1
+        state.connections.add(self)
         try:
-            first = True
-            conn = self.conn
-            while True:
-                self.router = ""
-                self.status = 0
-                try:
-                    request = await self._read_request(first)
-                    if request is None:
-                        return
-                    first = False
-                    await self._handle(request)
-                finally:
-                    if self.status:
-                        metrics.count_response(self.router, self.status)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
+            with self.scope:
+                await self._serve()
+            if self.scope.cancelled_caught:
+                await self._timed_out()
         except _CloseClient:
             pass
         except Exception:
             # A bug must cost one connection, never the listener (or the hub it runs in).
             logger.exception("unexpected error while serving a client connection")
         finally:
+            state.connections.discard(self)
             metrics.connections -= 1
             await anyio.aclose_forcefully(self.stream)
+
+    async def _serve(self) -> None:
+        metrics = self.state.metrics
+        first = True
+        conn = self.conn
+        while True:
+            self.router = ""
+            self.status = 0
+            try:
+                request = await self._read_request(first)
+                if request is None:
+                    return
+                first = False
+                await self._handle(request)
+            finally:
+                if self.status:
+                    metrics.count_response(self.router, self.status)
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _timed_out(self) -> None:
+        """The watchdog fired: answer what the phase calls for, then the connection closes."""
+        phase = self.phase
+        if phase == _HEADER and self.seen:
+            await self._send_simple(408, _generic(408), close=True)
+            self.state.metrics.count_response(self.router, 408)
+        elif phase == _BACKEND:
+            self.state.metrics.count_backend_error(self.router, "timeout")
+            if self.conn.our_state is h11.SEND_RESPONSE:
+                await self._send_error(504, close=True)
+                self.state.metrics.count_response(self.router, 504)
 
     async def _recv(self) -> bytes:
         try:
@@ -274,24 +323,24 @@ class ClientConnection:
         """Read until a request head is complete, under the header and idle timeouts."""
         settings = self.settings
         conn = self.conn
-        timeout = settings.header_timeout if first else settings.idle_timeout
-        seen = False
         clock = self.state.clock
-        deadline = clock() + timeout if timeout is not None else _NEVER
-        with anyio.CancelScope(deadline=deadline) as scope:
-            while True:
-                data = await self._recv()
-                if data and not seen:
-                    seen = True
-                    if not first and settings.header_timeout is not None:
-                        scope.deadline = clock() + settings.header_timeout
-                conn.receive_data(data)
-                event = conn.next_event()
-                if event is not h11.NEED_DATA:
-                    return event
-        if seen:
-            await self._send_simple(408, _generic(408), close=True)
-        return h11.PAUSED
+        timeout = settings.header_timeout if first else settings.idle_timeout
+        self.phase = _HEADER if first else _IDLE
+        self.seen = False
+        self.deadline = clock() + timeout if timeout is not None else _NEVER
+        while True:
+            data = await self._recv()
+            if data and not self.seen:
+                self.seen = True
+                if not first:
+                    self.phase = _HEADER
+                    timeout = settings.header_timeout
+                    self.deadline = clock() + timeout if timeout is not None else _NEVER
+            conn.receive_data(data)
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                self.deadline = _NEVER
+                return event
 
     # -- one request -----------------------------------------------------------------------
 
@@ -480,8 +529,10 @@ class ClientConnection:
         conn = self.conn
         settings = self.settings
         timeout = settings.backend_response_timeout
-        deadline = self.state.clock() + timeout if timeout is not None else _NEVER
-        with anyio.CancelScope(deadline=deadline) as scope:
+        if timeout is not None:
+            self.phase = _BACKEND
+            self.deadline = self.state.clock() + timeout
+        try:
             event = await backend.next_event()
             while type(event) is h11.InformationalResponse:
                 if event.status_code == 101 and websocket:
@@ -497,10 +548,8 @@ class ClientConnection:
                     or b""
                 )
                 event = await backend.next_event()
-        if scope.cancelled_caught:
-            raise BackendTimeoutError(
-                f"backend {backend.address.url} did not answer within {timeout}s"
-            )
+        finally:
+            self.deadline = _NEVER
         if type(event) is h11.InformationalResponse:
             return await self._switch_to_websocket(backend, router, event)
         if type(event) is not h11.Response:
@@ -643,3 +692,28 @@ def _kind(exc: BackendError) -> str:
         "BackendTimeoutError": "timeout",
         "BackendProtocolError": "protocol",
     }.get(name, "other")
+
+
+def watchdog_tick(settings: ProxySettings) -> float:
+    """How often the watchdog looks at deadlines: a quarter of the shortest timeout, in
+    [0.01 s, 1 s] (so a timeout fires at most that much late)."""
+    timeouts = [
+        t
+        for t in (settings.header_timeout, settings.idle_timeout, settings.backend_response_timeout)
+        if t is not None
+    ]
+    if not timeouts:
+        return 1.0
+    return min(1.0, max(0.01, min(timeouts) / 4))
+
+
+async def watchdog(state: ProxyState) -> None:
+    """Cancel every connection whose deadline has passed; runs until cancelled."""
+    tick = watchdog_tick(state.settings)
+    connections = state.connections
+    while True:
+        await anyio.sleep(tick)
+        now = state.clock()
+        for conn in [c for c in connections if c.deadline <= now]:
+            conn.deadline = _NEVER
+            conn.scope.cancel()

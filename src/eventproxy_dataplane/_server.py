@@ -23,7 +23,7 @@ import anyio.abc
 import h11
 from anyio.streams.tls import TLSListener
 
-from ._proxy import ClientConnection, ProxyState
+from ._proxy import ClientConnection, ProxyState, watchdog
 from ._proxy_fast import FastStream, fast_edge_available, serve_fast
 from ._routing import RoutingTable
 from ._settings import ProxySettings
@@ -136,13 +136,15 @@ class DataPlane:
             await ClientConnection(state, stream, client_ip=_peer_ip(stream), tls=tls).run()
 
         try:
-            await serve_fast(
-                host,
-                port,
-                handle,
-                ssl_context=ssl_context,
-                task_status=task_status,
-            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watchdog, state)
+                await serve_fast(
+                    host,
+                    port,
+                    handle,
+                    ssl_context=ssl_context,
+                    task_status=task_status,
+                )
         finally:
             with anyio.CancelScope(shield=True):
                 await state.pool.aclose()
@@ -164,7 +166,9 @@ class DataPlane:
                 await ClientConnection(state, stream, client_ip=None, tls=False).run()
 
             try:
-                await serve_fast("", 0, handle_fast, unix_path=path, task_status=task_status)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(watchdog, state)
+                    await serve_fast("", 0, handle_fast, unix_path=path, task_status=task_status)
             finally:
                 with anyio.CancelScope(shield=True):
                     await state.pool.aclose()
@@ -192,6 +196,7 @@ class DataPlane:
     ) -> None:
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(watchdog, self._state)
                 task_status.started(started)
                 await listener.serve(handle, task_group=tg)
         finally:

@@ -116,14 +116,18 @@ async def test_504_when_backend_is_too_slow() -> None:
         backend = HTTPBackend()
         await tg.start(backend.serve)
         table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
-        async with (
-            running_proxy(table, settings) as proxy,
-            await HTTPClient.connect(proxy.port) as c,
-        ):
-            assert (await c.request("GET", "/slow/3")).status == 504
-            # a slow *body* is not a timeout: only the response head is bounded
-            reply = await c.request("GET", "/drip/3/0.2")
-            assert reply.status == 200 and reply.body.count(b"drip") == 3
+        async with running_proxy(table, settings) as proxy:
+            async with await HTTPClient.connect(proxy.port) as c:
+                started = anyio.current_time()
+                reply = await c.request("GET", "/slow/3")
+                assert reply.status == 504
+                assert reply.header(b"connection") == b"close"
+                assert anyio.current_time() - started < 2
+            assert 'kind="timeout"' in proxy.plane.metrics_text()
+            async with await HTTPClient.connect(proxy.port) as c:
+                # a slow *body* is not a timeout: only the response head is bounded
+                reply = await c.request("GET", "/drip/3/0.2")
+                assert reply.status == 200 and reply.body.count(b"drip") == 3
         tg.cancel_scope.cancel()
 
 
