@@ -5,6 +5,8 @@ The proxy entrypoint ``web`` and the API entrypoint ``traefik`` listen on separa
 never on ``web``. Readiness is the API answering, and a configuration change is "applied" once
 the API lists the routers we expect -- including a per-generation marker router, so that a
 reload is observed rather than guessed with a sleep. The process is stopped by its PID.
+The API has no authentication here (tests only, loopback only); a deployment puts it behind
+authentication, as the architecture requires.
 """
 
 from __future__ import annotations
