@@ -6,11 +6,13 @@
   (:func:`routespec_from_name`), injective (no two routespecs share a name) and safe in etcd keys,
   TOML keys and traefik's provider namespace (no ``/``, ``@`` or ``.``). The prefix marks
   eventproxy's own routers: anything else in the same configuration is not ours.
-* **Rules.** ``PathPrefix`` on the *decoded* routespec path (traefik compares with the decoded
-  request path), plus ``Host`` for host-routing specs. A value is written as a backtick string
-  when it holds no backtick, else as a Go double-quoted string with ``\\xNN`` escapes; since
-  routespec validation already refuses control characters, every routespec is represented
-  exactly and nothing in it can end the string early.
+* **Rules.** ``PathPrefix`` on the *decoded* routespec path, plus ``Host`` for host-routing
+  specs: what the pure-Python data plane compares (it decodes request paths segment by segment).
+  A value is written as a backtick string when it holds no backtick, else as a Go double-quoted
+  string with ``\\xNN`` escapes; since routespec validation already refuses control characters,
+  every routespec is represented exactly and nothing in it can end the string early. (traefik
+  3.7 itself keeps reserved characters percent-encoded when matching; see docs/decisions.md for
+  what a traefik projection must emit instead.)
 * **Priority.** Explicit: ``2 * (bytes of the decoded path) + 1 if a host is given``, so the
   longest prefix wins and, for the same path, a host-specific route wins over a host-less one —
   in traefik and in the pure-Python data plane alike, whatever the rule text's length.
