@@ -45,6 +45,7 @@ __all__ = [
     "test_readd_replaces_target",
     "test_request_without_trailing_slash",
     "test_routespec_trailing_slash_added",
+    "test_target_without_port",
     "test_websocket_echo",
 ]
 
@@ -680,6 +681,31 @@ async def test_persistence_across_restart(
         assert {k: (v["target"], _data_without_activity(v)) for k, v in checked.items()} == {
             k: (v["target"], _data_without_activity(v)) for k, v in after.items()
         }
+
+
+@proxy_difference(
+    "eventproxy",
+    reason="BUG: the data plane refuses a target without a port (InvalidConfigError, not "
+    "ValueError) after the event is already in the log, so the next start fails on it",
+)
+async def test_target_without_port(
+    conformance_proxy: ProxyUnderTest, conformance_backends: Backends
+) -> None:
+    """A target URL without an explicit port (``https://host``, valid for JupyterHub's
+    extra_routes) is stored and returned unchanged, and does not break the other routes,
+    before or after a restart."""
+    put = conformance_proxy
+    alice = await conformance_backends.start("alice")
+    await put.proxy.add_route("/user/alice/", alice.url, {"user": "alice"})
+    await put.proxy.add_route("/extra/", "https://example.invalid", {"extra": True})
+    route = await put.proxy.get_route("/extra/")
+    assert route is not None and route["target"] == "https://example.invalid"
+    assert await _backend_of(put, "/user/alice/lab") == "alice"
+    if put.restart is not None and put.persistent:
+        await put.restart_proxy()
+        route = await put.proxy.get_route("/extra/")
+        assert route is not None and route["target"] == "https://example.invalid"
+        assert await _backend_of(put, "/user/alice/lab") == "alice"
 
 
 async def test_last_activity(

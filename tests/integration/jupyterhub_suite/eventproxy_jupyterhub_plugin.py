@@ -12,7 +12,10 @@ other than configurable-http-proxy as not-run xfails, each with the reason.
 
 from __future__ import annotations
 
+import itertools
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,10 +44,16 @@ def pytest_configure(config: pytest.Config) -> None:
     from jupyterhub.tests.mocking import MockHub
 
     original = MockHub.__init__
+    # Each MockHub gets its own route log. EventProxy's default (next to the hub's sqlite file)
+    # would be the shared temporary directory for MockHub, leaking routes between runs.
+    log_dir = Path(os.environ.get("EVENTPROXY_JH_SUITE_LOG_DIR") or tempfile.mkdtemp())
+    counter = itertools.count()
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("proxy_class", "eventproxy")
         original(self, *args, **kwargs)
+        if "log_url" not in self.config.EventProxy:
+            self.config.EventProxy.log_url = f"file://{log_dir / f'routes-{next(counter)}.log'}"
 
     MockHub.__init__ = __init__
 

@@ -88,6 +88,7 @@ def run(
             [str(site), str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
         "EVENTPROXY_JH_SUITE_PROXY": "eventproxy",
+        "EVENTPROXY_JH_SUITE_LOG_DIR": str(workdir),
     }
     argv = [
         sys.executable,
