@@ -186,7 +186,8 @@ def spawn_and_wait(client: httpx.Client, user: str, timeout: float = 60.0) -> No
     deadline = time.monotonic() + timeout
     while True:
         response = client.get(f"/user/{user}/api")
-        if response.status_code == 200 and "version" in response.json():
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        if response.status_code == 200 and is_json and "version" in response.json():
             return
         if time.monotonic() > deadline:
             raise TimeoutError(

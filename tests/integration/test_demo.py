@@ -33,7 +33,9 @@ from support import LOOPBACK, port_accepts
 
 
 @pytest.mark.services
-def test_demo_serves_the_hub_and_stops_everything(tmp_path: Path) -> None:
+def test_demo_serves_the_hub_and_stops_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with running_demo(tmp_path, users=("alice",)) as d:
         port = int(d.url.rstrip("/").rsplit(":", 1)[1])
         assert d.url == f"http://{LOOPBACK}:{port}/"
@@ -56,14 +58,15 @@ def test_demo_serves_the_hub_and_stops_everything(tmp_path: Path) -> None:
 
         # The route log holds the user's route (read while the hub runs: read-only).
         out = io.StringIO()
-        assert cli.main(["log", "--json", "--log-url", d.log_url], out=out) == 0
+        code = cli.main(["log", "--json", "--log-url", d.log_url], out=out)
+        assert code == 0, (code, out.getvalue(), capsys.readouterr().err)
         added = [e["routespec"] for e in json.loads(out.getvalue())["events"]]
         assert "/user/alice/" in added, added
 
         assert stop_demo(d) == 0, d.output()[-5000:]
         alive = {pid: cmdline(pid) for pid, st in d.seen.items() if demo.is_running(pid, st)}
         assert not alive, f"still running after the demo stopped: {alive}"
-        assert not port_accepts(port)
+        assert not port_accepts(port), f"port {port} still accepts connections"
         lines = [line for line in d.output().splitlines() if line.startswith('{"event"')]
         assert json.loads(lines[-1])["event"] == "stopped", lines
 
