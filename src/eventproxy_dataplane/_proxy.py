@@ -201,6 +201,7 @@ class ClientConnection:
         "status",
         "stream",
         "target",
+        "trusted",
     )
 
     def __init__(
@@ -216,6 +217,7 @@ class ClientConnection:
         self.stream = stream
         self.client_ip = client_ip
         self.proto = b"https" if tls else b"http"
+        self.trusted = state.settings.trusts(client_ip)  # keep its X-Forwarded-* headers
         self.read_size = state.settings.read_size
         self.conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=state.settings.max_header_bytes
@@ -355,6 +357,7 @@ class ClientConnection:
             request.headers,
             max_header_count=settings.max_header_count,
             max_header_bytes=settings.max_header_bytes,
+            trust_forwarded=self.trusted,
         )
         if type(prepared) is Rejection:
             await self._send_simple(prepared.status, f"{prepared.reason}\n".encode(), close=True)

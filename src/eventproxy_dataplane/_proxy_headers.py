@@ -6,7 +6,9 @@ Request side (client -> backend):
   field named in ``Connection``. ``Transfer-Encoding: chunked`` stays: h11 frames the backend
   request with it (h11 has already refused any other coding).
 - ``X-Forwarded-For/Proto/Host/Port`` and ``X-Real-Ip`` sent by the client are replaced (the
-  client is not trusted, as in traefik's default), then set from the connection.
+  client is not trusted, as in traefik's default), then set from the connection. A client in
+  ``forwarded_trusted_ips`` (a proxy in front of us) keeps its values, and its address is
+  appended to ``X-Forwarded-For`` (traefik's ``forwardedHeaders.trustedIPs``).
 - ambiguous framing is refused here, before any backend sees the request: ``Content-Length``
   together with ``Transfer-Encoding``, more than one ``Host``, too many header fields.
 
@@ -70,6 +72,7 @@ class PreparedRequest:
     headers: list[Header]
     websocket: bool
     upgrade: bytes | None
+    forwarded: dict[bytes, bytes] | None = None  # the client's X-Forwarded-*, when trusted
 
 
 def _split_connection(values: list[bytes]) -> set[bytes]:
@@ -86,11 +89,13 @@ def prepare_request(
     *,
     max_header_count: int,
     max_header_bytes: int,
+    trust_forwarded: bool = False,
 ) -> PreparedRequest | Rejection:
     """Check and strip a parsed request head (h11 lower-cases the field names).
 
     h11 bounds only a head that is still incomplete; a complete one that arrived in a single
     read is measured here (field names, values and their separators, plus the target).
+    ``trust_forwarded`` keeps the client's ``X-Forwarded-*`` values (it is a trusted proxy).
     """
     if len(headers) > max_header_count:
         return Rejection(431, f"more than {max_header_count} header fields")
@@ -100,6 +105,7 @@ def prepare_request(
     upgrade: bytes | None = None
     has_length = has_chunked = False
     out: list[Header] = []
+    forwarded: dict[bytes, bytes] | None = None
     for name, value in headers:
         size += len(name) + len(value) + 4
         if name in _REQUEST_DROP:
@@ -107,6 +113,11 @@ def prepare_request(
                 connection.append(value)
             elif name == b"upgrade":
                 upgrade = value
+            elif trust_forwarded and name in _FORWARDED:
+                if forwarded is None:
+                    forwarded = {}
+                seen = forwarded.get(name)
+                forwarded[name] = value if seen is None else seen + b", " + value
             continue
         if name == b"host":
             if host is not None:
@@ -145,7 +156,7 @@ def prepare_request(
             path = slash + tail if slash else b"/"
         elif target != b"*":
             return Rejection(400, "request-target is not a path or an absolute URL")
-    return PreparedRequest(host, path, out, websocket, upgrade if websocket else None)
+    return PreparedRequest(host, path, out, websocket, upgrade if websocket else None, forwarded)
 
 
 def _port_of(host: bytes, default: bytes) -> bytes:
@@ -165,18 +176,37 @@ def backend_headers(
     """The header list sent to the backend.
 
     ``backend_host`` replaces the client's ``Host`` (``pass_host_header = false``); ``None``
-    keeps it.
+    keeps it. When the client is a trusted proxy (``prepared.forwarded`` is set), its
+    ``X-Forwarded-*`` values are kept and ``client_ip`` is appended to ``X-Forwarded-For``.
     """
     host = prepared.host
     out: list[Header] = [(b"host", backend_host if backend_host is not None else host or b"")]
     out += prepared.headers
-    if client_ip is not None:
-        out.append((b"x-forwarded-for", client_ip))
-        out.append((b"x-real-ip", client_ip))
+    if prepared.forwarded is not None:
+        forwarded = dict(prepared.forwarded)  # a copy: this function changes nothing it is given
+        chain = forwarded.pop(b"x-forwarded-for", None)
+        if client_ip is not None:
+            chain = client_ip if chain is None else chain + b", " + client_ip
+        if chain is not None:
+            out.append((b"x-forwarded-for", chain))
+        if client_ip is not None and b"x-real-ip" not in forwarded:
+            out.append((b"x-real-ip", client_ip))
+        proto = forwarded.pop(b"x-forwarded-proto", proto)
+        fwd_host = forwarded.pop(b"x-forwarded-host", host)
+        port = forwarded.pop(b"x-forwarded-port", None)
+        out += forwarded.items()  # X-Real-Ip, X-Forwarded-Server as the trusted proxy sent them
+    else:
+        if client_ip is not None:
+            out.append((b"x-forwarded-for", client_ip))
+            out.append((b"x-real-ip", client_ip))
+        fwd_host = host
+        port = None
     out.append((b"x-forwarded-proto", proto))
-    if host:
-        out.append((b"x-forwarded-host", host))
-    out.append((b"x-forwarded-port", _port_of(host or b"", b"443" if proto == b"https" else b"80")))
+    if fwd_host:
+        out.append((b"x-forwarded-host", fwd_host))
+    if port is None:
+        port = _port_of(host or b"", b"443" if proto == b"https" else b"80")
+    out.append((b"x-forwarded-port", port))
     if prepared.upgrade is not None:
         out.append((b"connection", b"upgrade"))
         out.append((b"upgrade", prepared.upgrade))

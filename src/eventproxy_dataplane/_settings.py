@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ class ProxySettings:
     error_fetch_timeout:      fetching a page from ``error_target``
     activity_interval:        a router's last activity is recorded at most this often
     read_size:                bytes asked for per socket read
+    forwarded_trusted_ips:    networks (CIDR) of proxies in front whose X-Forwarded-* headers
+                              are kept (the client address is appended to X-Forwarded-For)
     io_edge:                  "auto": on asyncio, sockets are asyncio protocols (the fast edge,
                               uvloop-friendly), on trio anyio streams; "anyio": anyio streams
                               everywhere (the reference edge)
@@ -50,10 +53,23 @@ class ProxySettings:
     activity_interval: float = 1.0
     read_size: int = 65536
     io_edge: str = "auto"
+    forwarded_trusted_ips: tuple[str, ...] = ()
+
+    def trusts(self, client_ip: bytes | None) -> bool:
+        """Whether ``client_ip`` is in ``forwarded_trusted_ips``."""
+        if client_ip is None or not self.forwarded_trusted_ips:
+            return False
+        try:
+            address = ipaddress.ip_address(client_ip.decode("ascii"))
+        except ValueError:
+            return False
+        return any(
+            address in ipaddress.ip_network(net, strict=False) for net in self.forwarded_trusted_ips
+        )
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name in ("error_target", "io_edge"):
+            if f.name in ("error_target", "io_edge", "forwarded_trusted_ips"):
                 continue
             value = getattr(self, f.name)
             if value is None and f.name in _OPTIONAL:
@@ -67,6 +83,19 @@ class ProxySettings:
                 raise SettingsError(
                     f"ProxySettings.{f.name} must be a positive finite number, got {value!r}"
                 )
+        if not isinstance(self.forwarded_trusted_ips, tuple):
+            raise SettingsError(
+                "ProxySettings.forwarded_trusted_ips must be a tuple of networks, got "
+                f"{self.forwarded_trusted_ips!r}"
+            )
+        for net in self.forwarded_trusted_ips:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except (TypeError, ValueError):
+                raise SettingsError(
+                    "ProxySettings.forwarded_trusted_ips: not an IP network (like 10.0.0.0/8 or "
+                    f"127.0.0.1): {net!r}"
+                ) from None
         if self.io_edge not in ("auto", "anyio"):
             raise SettingsError(
                 f"ProxySettings.io_edge must be 'auto' or 'anyio', got {self.io_edge!r}"

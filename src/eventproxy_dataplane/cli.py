@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--header-timeout", type=_seconds, default=60.0, metavar="SECONDS")
     parser.add_argument("--idle-timeout", type=_seconds, default=180.0, metavar="SECONDS")
     parser.add_argument("--backend-timeout", type=_seconds, default=300.0, metavar="SECONDS")
+    parser.add_argument(
+        "--forwarded-trusted-ip",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help="a proxy in front whose X-Forwarded-* headers are kept (repeatable)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
@@ -94,6 +101,7 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
         backend_response_timeout=args.backend_timeout,
         error_target=args.error_target,
         io_edge=args.io_edge,
+        forwarded_trusted_ips=tuple(args.forwarded_trusted_ip),
     )
 
 

@@ -55,6 +55,39 @@ async def test_forwards_request_and_sets_forwarded_headers() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_trusted_proxy_keeps_its_forwarded_headers() -> None:
+    settings = ProxySettings(forwarded_trusted_ips=("10.0.0.0/8", "127.0.0.1"))
+    async with anyio.create_task_group() as tg:
+        backend = HTTPBackend()
+        await tg.start(backend.serve)
+        table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
+        async with (
+            running_proxy(table, settings) as proxy,
+            await HTTPClient.connect(proxy.port) as c,
+        ):
+            reply = await c.request(
+                "GET",
+                "/",
+                host="internal:8000",
+                headers=[
+                    ("X-Forwarded-For", "6.6.6.6"),
+                    ("X-Forwarded-For", "7.7.7.7"),
+                    ("X-Forwarded-Proto", "https"),
+                    ("X-Forwarded-Host", "hub.example"),
+                    ("X-Forwarded-Port", "443"),
+                ],
+            )
+            assert reply.status == 200
+            got = backend.requests[0]
+            assert got.header_all(b"x-forwarded-for") == [b"6.6.6.6, 7.7.7.7, 127.0.0.1"]
+            assert got.header(b"x-forwarded-proto") == b"https"
+            assert got.header(b"x-forwarded-host") == b"hub.example"
+            assert got.header(b"x-forwarded-port") == b"443"
+            assert got.header(b"x-real-ip") == b"127.0.0.1"
+            assert got.header(b"host") == b"internal:8000"
+        tg.cancel_scope.cancel()
+
+
 async def test_pass_host_header_false_uses_backend_host() -> None:
     async with anyio.create_task_group() as tg:
         backend = HTTPBackend()
@@ -237,3 +270,10 @@ async def test_settings_reject_bad_values() -> None:
         ProxySettings(error_target="ftp://x")
     with pytest.raises(SettingsError, match="io_edge must be 'auto' or 'anyio'"):
         ProxySettings(io_edge="gevent")
+    with pytest.raises(SettingsError, match=r"not an IP network.*'10\.0\.0\.0/33'"):
+        ProxySettings(forwarded_trusted_ips=("10.0.0.0/33",))
+    with pytest.raises(SettingsError, match="must be a tuple"):
+        ProxySettings(forwarded_trusted_ips="10.0.0.0/8")  # type: ignore[arg-type]
+    trusting = ProxySettings(forwarded_trusted_ips=("10.0.0.0/8", "::1"))
+    assert trusting.trusts(b"10.1.2.3") and trusting.trusts(b"::1")
+    assert not trusting.trusts(b"11.0.0.1") and not trusting.trusts(None)
