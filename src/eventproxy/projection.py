@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
-from eventproxy_dataplane import DataPlane, RouterSpec, ServerSpec, ServiceSpec
+from eventproxy_dataplane import DataPlane, DataPlaneError, RouterSpec, ServerSpec, ServiceSpec
 
 from .events import Record
 from .log._base import paused_gc
@@ -48,7 +48,7 @@ class PlaneProjection:
         self.table = table if table is not None else RouteTable()
         self._log = log
         if plane is not None and len(self.table):
-            self._push([plane_entry(e) for e in self.table.values()], [])
+            self._push(self._entries(self.table.values()), [])
 
     @property
     def seq(self) -> int:
@@ -57,14 +57,27 @@ class PlaneProjection:
     def attach(self, plane: DataPlane) -> None:
         """Start feeding ``plane``: it receives every current route at once."""
         self.plane = plane
-        self._push([plane_entry(e) for e in self.table.values()], [])
+        self._push(self._entries(self.table.values()), [])
+
+    def _entries(self, entries: Iterable[RouteEntry]) -> list[tuple[RouterSpec, ServiceSpec]]:
+        """Plane entries for ``entries``; a route the plane cannot take is logged and skipped,
+        never allowed to stop the projection (the log stays the source of truth)."""
+        out = []
+        for entry in entries:
+            try:
+                out.append(plane_entry(entry))
+            except (DataPlaneError, ValueError) as exc:
+                self._log.error(
+                    "data plane cannot route %s -> %s: %s", entry.routespec, entry.target, exc
+                )
+        return out
 
     def reset(self, table: RouteTable) -> None:
         """Replace the table wholesale (e.g. after loading a snapshot); the plane gets the diff."""
         before, self.table = self.table, table
         if self.plane is None:
             return
-        upserts = [plane_entry(e) for spec, e in table.items() if before.get(spec) != e]
+        upserts = self._entries(e for spec, e in table.items() if before.get(spec) != e)
         removals = [name_for(spec) for spec in before if spec not in table]
         self._push(upserts, removals)
 
@@ -79,7 +92,7 @@ class PlaneProjection:
         self.table = after
         if self.plane is None:
             return
-        upserts = []
+        changed = []
         removals = []
         for spec in {r.event.routespec for r in records}:
             entry = after.get(spec)
@@ -87,8 +100,8 @@ class PlaneProjection:
                 if spec in before:
                     removals.append(name_for(spec))
             elif before.get(spec) != entry:
-                upserts.append(plane_entry(entry))
-        self._push(upserts, removals)
+                changed.append(entry)
+        self._push(self._entries(changed), removals)
 
     def _push(self, upserts: list[tuple[RouterSpec, ServiceSpec]], removals: list[str]) -> None:
         assert self.plane is not None

@@ -33,15 +33,15 @@ from jupyterhub.proxy import Proxy
 from jupyterhub.utils import url_path_join
 from traitlets import Float, Unicode, default, validate
 
-from eventproxy_dataplane import DataPlane, ProxySettings, RoutingTable
+from eventproxy_dataplane import DataPlane, DataPlaneError, ProxySettings, RoutingTable
 
-from ._errors import EventProxyError, VisibilityTimeoutError
+from ._errors import EventProxyError, InvalidRouteDataError, VisibilityTimeoutError
 from .events import Event, RouteAdded, RouteRemoved
 from .log import RouteLog, open_log
 from .log._base import paused_gc
-from .projection import PlaneProjection
+from .projection import PlaneProjection, plane_entry
 from .routespec import parse_routespec
-from .table import RouteTable
+from .table import RouteEntry, RouteTable
 from .traefik import routespec_from_name
 
 __all__ = ["EventProxy"]
@@ -272,7 +272,12 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
 
     async def add_route(self, routespec: str, target: str, data: dict[str, Any]) -> None:
         spec = parse_routespec(routespec, host_routing=bool(self.host_routing))
-        await self._commit(RouteAdded(spec.raw, target, data))
+        event = RouteAdded(spec.raw, target, data)
+        try:  # refuse before anything is written what the data plane could not route
+            plane_entry(RouteEntry.create(event.routespec, event.target, event.data, 0))
+        except DataPlaneError as exc:
+            raise InvalidRouteDataError(f"route {spec.raw!r} -> {target!r}: {exc}") from None
+        await self._commit(event)
 
     async def delete_route(self, routespec: str) -> None:
         spec = parse_routespec(routespec, host_routing=bool(self.host_routing))

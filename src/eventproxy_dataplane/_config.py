@@ -39,7 +39,8 @@ def _check_name(kind: str, name: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
-    """One load-balancer server: an ``http``/``https`` URL with a host and a port."""
+    """One load-balancer server: an ``http``/``https`` URL with a host (and a port, else the
+    scheme's default, as traefik does)."""
 
     url: str
 
@@ -57,8 +58,7 @@ class ServerSpec:
             )
         if not parts.hostname:
             raise InvalidConfigError(f"server url {self.url!r} has no host")
-        if port is None:
-            raise InvalidConfigError(f"server url {self.url!r} has no port")
+        del port  # parsed above only to validate it
         if any(ord(c) < 0x21 or ord(c) == 0x7F for c in self.url):
             raise InvalidConfigError(f"server url {self.url!r} contains whitespace or controls")
 
@@ -72,7 +72,8 @@ class ServerSpec:
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 0
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 @dataclass(frozen=True, slots=True)

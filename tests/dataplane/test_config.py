@@ -66,12 +66,17 @@ def test_config_is_read_only_and_comparable() -> None:
     assert DynamicConfig() == DynamicConfig() and DynamicConfig() != config
 
 
+def test_server_url_without_port_uses_the_schemes_default() -> None:
+    assert ServerSpec("http://127.0.0.1").port == 80
+    assert ServerSpec("https://example.org/").port == 443
+    assert ServerSpec("http://127.0.0.1:8888").port == 8888
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
         ("ftp://127.0.0.1:21", "scheme must be http or https"),
         ("http://:80", "has no host"),
-        ("http://127.0.0.1", "has no port"),
         ("http://127.0.0.1:99999", "malformed"),
         ("http://127.0.0.1:80/a b", "whitespace"),
         (8080, "must be a string"),

@@ -683,11 +683,6 @@ async def test_persistence_across_restart(
         }
 
 
-@proxy_difference(
-    "eventproxy",
-    reason="BUG: the data plane refuses a target without a port (InvalidConfigError, not "
-    "ValueError) after the event is already in the log, so the next start fails on it",
-)
 async def test_target_without_port(
     conformance_proxy: ProxyUnderTest, conformance_backends: Backends
 ) -> None:
