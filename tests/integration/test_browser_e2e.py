@@ -4,8 +4,9 @@ Headless Chromium (Debian's ``chromium`` package, driven by Playwright for Pytho
 protocol; Playwright never downloads a browser here) opens ``eventproxy demo``'s URL, logs in
 through the hub's form, waits for the single-user server to start and JupyterLab to load,
 creates a notebook and runs ``1+1`` in a kernel whose WebSocket goes through eventproxy's
-in-process data plane, and sees ``2``. A screenshot is saved to
-``test-artifacts/browser-e2e.png`` (and ``browser-e2e-failure.png`` when a step fails).
+in-process data plane, and sees ``2``. Screenshots are saved to ``test-artifacts/``:
+``browser-e2e-login.png`` (the filled-in login form), ``browser-e2e.png`` (the notebook with
+its output) and ``browser-e2e-failure.png`` when a step fails.
 
 Every wait is bounded; the whole test takes well under two minutes. Without Chromium or
 Playwright it fails in CI (``CI`` set) and skips elsewhere, with the install command.
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from eventproxy.demo import is_running
 from integration.browser import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
+    cmdline,
     missing_tool,
     require_chromium,
     running_demo,
@@ -44,8 +47,9 @@ def test_login_start_lab_and_run_a_cell(tmp_path: Path) -> None:
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "browser-e2e.png"
+    login_shot = ARTIFACTS / "browser-e2e-login.png"
     failure_shot = ARTIFACTS / "browser-e2e-failure.png"
-    for old in (screenshot, failure_shot):
+    for old in (screenshot, login_shot, failure_shot):
         old.unlink(missing_ok=True)
 
     with running_demo(tmp_path, users=("alice",)) as demo, sync_playwright() as pw:
@@ -65,6 +69,7 @@ def test_login_start_lab_and_run_a_cell(tmp_path: Path) -> None:
             page.wait_for_url(re.compile(r"/hub/login"), timeout=STEP)
             page.fill("#username_input", "alice")
             page.fill("#password_input", demo.password)
+            page.screenshot(path=str(login_shot))
             page.click("#login_submit")
 
             # The hub starts alice's server (spawn-pending page), then sends the browser to it.
@@ -100,5 +105,9 @@ def test_login_start_lab_and_run_a_cell(tmp_path: Path) -> None:
         assert kernel_sockets, sockets
         assert all(u.startswith(public) for u in kernel_sockets), (public, kernel_sockets)
 
+        running = {pid: cmdline(pid) for pid in demo.tree()}
+        assert any("ipykernel" in c for c in running.values()), running
         assert stop_demo(demo) == 0, demo.output()[-5000:]
+        alive = {pid: cmdline(pid) for pid, st in demo.seen.items() if is_running(pid, st)}
+        assert not alive, f"still running after the demo stopped: {alive}"
     assert screenshot.stat().st_size > 10_000
