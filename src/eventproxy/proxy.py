@@ -170,7 +170,10 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         if self._serve_task is not None:
             return
         settings = ProxySettings(
-            error_target=self.error_target or None, connect_timeout=self.backend_connect_timeout
+            error_target=self.error_target or None,
+            connect_timeout=self.backend_connect_timeout,
+            # as configurable-http-proxy: JupyterHub's error page then says "server down"
+            backend_down_status=503,
         )
         self._plane = DataPlane(RoutingTable(), settings)
         self._projection.attach(self._plane)

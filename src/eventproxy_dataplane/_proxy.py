@@ -637,6 +637,8 @@ class ClientConnection:
         conn = self.conn
         if conn.our_state is not h11.SEND_RESPONSE:
             raise _CloseClient
+        if status == 502:
+            status = self.settings.backend_down_status
         await self._send_error(status, close=conn.their_state is h11.SEND_BODY)
         return status
 

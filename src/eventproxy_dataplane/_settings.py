@@ -35,6 +35,10 @@ class ProxySettings:
     read_size:                bytes asked for per socket read
     forwarded_trusted_ips:    networks (CIDR) of proxies in front whose X-Forwarded-* headers
                               are kept (the client address is appended to X-Forwarded-For)
+    backend_down_status:      the status for a backend that refused, reset or closed before
+                              answering: 502 (traefik's choice) or 503 (configurable-http-proxy's,
+                              which JupyterHub's error pages turn into "your server appears to
+                              be down")
     io_edge:                  "auto": on asyncio, sockets are asyncio protocols (the fast edge,
                               uvloop-friendly), on trio anyio streams; "anyio": anyio streams
                               everywhere (the reference edge)
@@ -53,6 +57,7 @@ class ProxySettings:
     activity_interval: float = 1.0
     read_size: int = 65536
     io_edge: str = "auto"
+    backend_down_status: int = 502
     forwarded_trusted_ips: tuple[str, ...] = ()
 
     def trusts(self, client_ip: bytes | None) -> bool:
@@ -70,6 +75,16 @@ class ProxySettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             if f.name in ("error_target", "io_edge", "forwarded_trusted_ips"):
+                continue
+            if f.name == "backend_down_status":
+                if type(self.backend_down_status) is not int or self.backend_down_status not in (
+                    502,
+                    503,
+                ):
+                    raise SettingsError(
+                        "ProxySettings.backend_down_status must be 502 or 503, got "
+                        f"{self.backend_down_status!r}"
+                    )
                 continue
             value = getattr(self, f.name)
             if value is None and f.name in _OPTIONAL:

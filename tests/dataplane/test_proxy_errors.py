@@ -301,3 +301,12 @@ async def test_metrics_and_health_on_the_admin_listener() -> None:
             assert "eventproxy_dataplane_config_generation 1" in text
             assert (await c.request("GET", "/other")).status == 404
         tg.cancel_scope.cancel()
+
+
+def test_backend_down_status_is_502_or_503() -> None:
+    from eventproxy_dataplane import ProxySettings, SettingsError
+
+    assert ProxySettings().backend_down_status == 502
+    assert ProxySettings(backend_down_status=503).backend_down_status == 503
+    with pytest.raises(SettingsError, match="502 or 503"):
+        ProxySettings(backend_down_status=500)

@@ -268,3 +268,18 @@ async def test_https_with_the_hubs_certificate(tmp_path: Path, backends: dict[st
             assert r.status_code == 200 and r.text.startswith("alice")
     finally:
         await proxy.stop()
+
+
+async def test_a_dead_server_gets_the_hubs_503_page(backends: dict[str, str]) -> None:
+    """Like configurable-http-proxy: a refused connection is a 503, rendered by the hub's
+    /hub/error/503 page (JupyterHub says "your server appears to be down" there)."""
+    proxy = make_proxy("memory://", error_target=backends["hub"] + "/hub/error")
+    await proxy.start()
+    try:
+        await proxy.add_route("/user/dead/", f"http://127.0.0.1:{free_port()}", {})
+        async with httpx.AsyncClient(base_url=proxy.public_url) as client:
+            r = await client.get("/user/dead/lab")
+        assert r.status_code == 503
+        assert r.text.startswith("hub GET /hub/error/503?url=")
+    finally:
+        await proxy.stop()
