@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import shutil
 
 import nox
 
@@ -21,11 +22,27 @@ PYTHON = os.environ.get("EVENTPROXY_NOX_PYTHON") or None  # None: the python run
 TEST_TIERS = ["tests/core", "tests/dataplane", "tests/integration"]
 
 
+def ensure_test_services(session: nox.Session) -> None:
+    """What the real-service tier needs beyond Python packages: configurable-http-proxy from
+    npm (into the git-ignored .cache/node) and Debian's Chromium (installed when we are root
+    with apt; otherwise the browser test says how to install it)."""
+    session.run("python", "tests/support/tools.py", "ensure-chp")
+    if shutil.which("chromium") is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            env = {"DEBIAN_FRONTEND": "noninteractive"}
+            session.run("apt-get", "update", "-qq", external=True, env=env)
+            session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
+        else:
+            session.warn("chromium is missing: the browser test needs Debian's 'chromium' package")
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the whole test suite, fast tier first (CI's command)."""
     session.install("-e", ".[test,fast]")
     args = session.posargs or [t for t in TEST_TIERS if os.path.isdir(t)]
+    if any(not a.startswith("tests/core") for a in args):
+        ensure_test_services(session)
     session.run("pytest", *args, env={"PYTHONHASHSEED": "0"})
 
 
