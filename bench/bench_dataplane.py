@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
@@ -227,6 +228,7 @@ def run(ctx: Any) -> dict[str, Any]:
             "ws_round_trips": ws_count,
             "cpus_shared_by_load_proxy_backend": _cpus(),
             "loadavg_1m_before": load_before,
+            "git_head": _git_head(),
             "loadavg_1m_after": _loadavg(),
         },
         "targets": {name: t.describe() for name, t in targets.items()},
@@ -246,6 +248,22 @@ def run(ctx: Any) -> dict[str, Any]:
 
 def _line(r: LoadResult) -> str:
     return f"{r.rps:.0f} req/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, {r.errors} errors"
+
+
+def _git_head() -> str | None:
+    """The commit measured (the data plane's code is the working tree's, which may differ)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
 
 
 def _loadavg() -> float | None:
