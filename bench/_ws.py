@@ -93,10 +93,10 @@ class EchoClient:
         self.sock.close()
 
 
-def measure_round_trips(
+def round_trip_samples(
     port: int, path: str, *, count: int = 2000, warmup: int = 100, size: int = 32
-) -> RoundTrips:
-    """Median/p90/p99 round-trip time of ``count`` echoes through 127.0.0.1:``port``."""
+) -> list[float]:
+    """``count`` echo round-trip times (µs) on one new connection through 127.0.0.1:``port``."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
@@ -111,12 +111,25 @@ def measure_round_trips(
             samples.append((time.perf_counter_ns() - start) / 1000)
     finally:
         client.close()
-    samples.sort()
+    return samples
+
+
+def summarize_round_trips(samples: list[float]) -> RoundTrips:
+    ordered = sorted(samples)
     return RoundTrips(
-        count=count,
-        p50_us=round(percentile(samples, 50), 1),
-        p90_us=round(percentile(samples, 90), 1),
-        p99_us=round(percentile(samples, 99), 1),
-        mean_us=round(sum(samples) / len(samples), 1),
-        max_us=round(samples[-1], 1),
+        count=len(ordered),
+        p50_us=round(percentile(ordered, 50), 1),
+        p90_us=round(percentile(ordered, 90), 1),
+        p99_us=round(percentile(ordered, 99), 1),
+        mean_us=round(sum(ordered) / len(ordered), 1),
+        max_us=round(ordered[-1], 1),
+    )
+
+
+def measure_round_trips(
+    port: int, path: str, *, count: int = 2000, warmup: int = 100, size: int = 32
+) -> RoundTrips:
+    """Median/p90/p99 round-trip time of ``count`` echoes through 127.0.0.1:``port``."""
+    return summarize_round_trips(
+        round_trip_samples(port, path, count=count, warmup=warmup, size=size)
     )

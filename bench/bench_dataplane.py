@@ -10,7 +10,8 @@ mean anything (absolute numbers depend on the machine):
 * HTTP: ``wrk -t2 -c50`` for ``duration`` seconds per target, ``rounds`` rounds interleaved
   (direct, chp, traefik, dataplane, direct, ...) after a warm-up; reported: the median over
   rounds of req/s, p50 and p99 latency, and the per-round values;
-* WebSocket: ``ws_round_trips`` echo round trips on one connection through each proxy;
+* WebSocket: ``ws_round_trips`` echo round trips through each proxy, in 4 interleaved chunks
+  (a new connection each, 50 warm-up round trips), pooled;
 * a py-spy profile of the data plane during an extra, separate load run (sampling slows the
   target, so that run's req/s is reported apart and not used in the ratios).
 
@@ -44,7 +45,7 @@ from bench._targets import (
     start_traefik,
     user_routespecs,
 )
-from bench._ws import WebSocketError, measure_round_trips
+from bench._ws import WebSocketError, round_trip_samples, summarize_round_trips
 
 ROUTES = 1000
 CONNECTIONS = 50
@@ -61,6 +62,7 @@ DATAPLANE_VARIANTS: list[tuple[str, list[str]]] = [
     ("dataplane-trio", ["--loop", "trio", *QUIET]),
 ]
 MAX_ERROR_FRACTION = 0.001
+WS_CHUNKS = 4
 
 
 def _median(values: list[float]) -> float:
@@ -195,13 +197,21 @@ def run(ctx: Any) -> dict[str, Any]:
                 measured[name].append(loaded)
                 print(f"   round {i + 1}/{rounds} {name}: {_line(loaded)}", flush=True)
 
+        # Interleaved chunks (a new connection each), pooled: like the HTTP rounds, so a burst
+        # of other work on the machine does not land on one target only.
+        samples: dict[str, list[float]] = {name: [] for name in measured}
         websocket: dict[str, Any] = {}
-        for name in measured:
-            t = targets[name]
-            try:
-                websocket[name] = measure_round_trips(t.port, WS_PATH, count=ws_count).as_dict()
-            except (OSError, WebSocketError) as exc:
-                websocket[name] = {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}"}
+        for _ in range(WS_CHUNKS):
+            for name in list(samples):
+                try:
+                    samples[name] += round_trip_samples(
+                        targets[name].port, WS_PATH, count=ws_count // WS_CHUNKS, warmup=50
+                    )
+                except (OSError, WebSocketError) as exc:
+                    websocket[name] = {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}"}
+                    del samples[name]
+        for name, values in samples.items():
+            websocket[name] = summarize_round_trips(values).as_dict()
 
         profiles: dict[str, Any] = {}
         for name, _ in DATAPLANE_VARIANTS:
