@@ -126,7 +126,8 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         self._serve_task: asyncio.Task[None] | None = None
         self._open_lock: asyncio.Lock | None = None
         self._pending = _Pending()
-        self._flushing = False
+        self._inflight: _Pending | None = None
+        self._flush_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         self._projection.attach(self._plane)
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._serve_task = asyncio.create_task(self._serve(ready), name="eventproxy-dataplane")
+        self._serve_task.add_done_callback(self._serving_ended)
         try:
             where = await ready
         except BaseException:
@@ -217,6 +219,12 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
                 return
             raise
 
+    def _serving_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task is not self._serve_task:
+            return  # stopped on purpose
+        exc = task.exception()
+        self.log.error("eventproxy: the in-process data plane stopped unexpectedly: %r", exc)
+
     async def stop(self) -> None:
         """Stop serving and close the log."""
         task, self._serve_task = self._serve_task, None
@@ -224,6 +232,9 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._flush_task is not None:  # let queued route changes finish before closing
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flush_task), self.visibility_timeout)
         log, self._log = self._log, None
         if log is not None:
             await log.aclose()
@@ -237,9 +248,8 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.events.append(event)
         self._pending.waiters.append(waiter)
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+        if self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         try:
             await asyncio.wait_for(asyncio.shield(waiter), self.visibility_timeout)
         except TimeoutError:
@@ -252,6 +262,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         try:
             while self._pending.events:
                 batch, self._pending = self._pending, _Pending()
+                self._inflight = batch
                 try:
                     assert self._log is not None
                     await self._log.append(batch.events, actor=self.actor)
@@ -264,8 +275,10 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
                     for waiter in batch.waiters:
                         if not waiter.done():
                             waiter.set_result(None)
+                finally:
+                    self._inflight = None
         finally:
-            self._flushing = False
+            self._flush_task = None
 
     @property
     def _table(self) -> RouteTable:
@@ -285,7 +298,8 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
     async def delete_route(self, routespec: str) -> None:
         spec = parse_routespec(routespec, host_routing=bool(self.host_routing))
         await self._ensure_open()
-        pending = any(e.routespec == spec.raw for e in self._pending.events)
+        queued = [*self._pending.events, *(self._inflight.events if self._inflight else ())]
+        pending = any(e.routespec == spec.raw for e in queued)
         if spec.raw not in self._table and not pending:
             return  # idempotent: nothing to delete, nothing to record
         await self._commit(RouteRemoved(spec.raw))

@@ -283,3 +283,21 @@ async def test_a_dead_server_gets_the_hubs_503_page(backends: dict[str, str]) ->
         assert r.text.startswith("hub GET /hub/error/503?url=")
     finally:
         await proxy.stop()
+
+
+async def test_delete_racing_an_add_in_flight_is_not_lost(backends: dict[str, str]) -> None:
+    proxy = make_proxy("memory://")
+    await proxy.start()
+    try:
+        # The delete is issued while the add is still being appended: it must not be skipped.
+        await asyncio.gather(
+            proxy.add_route("/user/a/", backends["alice"], {}), proxy.delete_route("/user/a/")
+        )
+        assert await proxy.get_all_routes() == {}
+        add = asyncio.ensure_future(proxy.add_route("/user/b/", backends["bob"], {}))
+        await asyncio.sleep(0)  # the add is now queued or being appended
+        await proxy.delete_route("/user/b/")
+        await add
+        assert await proxy.get_all_routes() == {}
+    finally:
+        await proxy.stop()
