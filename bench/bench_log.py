@@ -17,6 +17,7 @@ import anyio
 from eventproxy import RouteAdded, RouteRemoved, RouteTable, fold_all, open_log
 from eventproxy.events import Event
 from eventproxy.log import FileRouteLog
+from eventproxy.log._base import paused_gc
 
 
 def event(i: int) -> Event:
@@ -50,25 +51,37 @@ async def durable_batch_ms(path: Path, size: int, repeats: int) -> list[float]:
     return times
 
 
-async def replay_seconds(path: Path, n: int) -> dict[str, float]:
-    async with await FileRouteLog.open(path) as log:
-        for i in range(0, n, 1000):
-            await log.append([event(j) for j in range(i, i + 1000)])
+async def replay_once(path: Path, n: int) -> tuple[float, float]:
     started = time.perf_counter()
     async with await FileRouteLog.open(path, readonly=True) as log:
         opened = time.perf_counter()
         table = await log.load_table()
     done = time.perf_counter()
     assert table.seq == n
+    return opened - started, done - opened
+
+
+async def replay_seconds(path: Path, n: int, repeats: int = 5) -> dict[str, Any]:
+    async with await FileRouteLog.open(path) as log:
+        for i in range(0, n, 1000):
+            await log.append([event(j) for j in range(i, i + 1000)])
+    runs = [await replay_once(path, n) for _ in range(repeats)]
+    totals = sorted(a + b for a, b in runs)
+    async with await FileRouteLog.open(path, readonly=True) as log:
+        table = await log.load_table()
     records = await _read_all(path)
     fold_started = time.perf_counter()
-    fold_all(RouteTable(), records)
+    with paused_gc():  # as load_table does
+        fold_all(RouteTable(), records)
     fold_only = time.perf_counter() - fold_started
     return {
-        "open_and_decode_s": opened - started,
-        "fold_s": done - opened,
-        "total_s": done - started,
-        "fold_only_s": fold_only,
+        "repeats": repeats,
+        "total_s_median": round(statistics.median(totals), 3),
+        "total_s_min": round(totals[0], 3),
+        "total_s_max": round(totals[-1], 3),
+        "open_and_decode_s_median": round(statistics.median(a for a, _ in runs), 3),
+        "fold_s_median": round(statistics.median(b for _, b in runs), 3),
+        "fold_only_s": round(fold_only, 3),
         "routes": len(table),
     }
 

@@ -59,7 +59,7 @@ def snapshot_from_wire(wire: object, *, where: str = "snapshot") -> Snapshot:
     seq, ts, routes = wire.get("seq"), wire.get("ts"), wire.get("routes")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise CorruptLogError(f"{where}: bad seq {seq!r}")
-    if not isinstance(ts, msgpack.Timestamp) or not isinstance(routes, list):
+    if not isinstance(ts, datetime) or not isinstance(routes, list):
         raise CorruptLogError(f"{where} (seq {seq}): bad ts or routes field")
     entries: dict[str, RouteEntry] = {}
     for i, item in enumerate(routes):
@@ -72,7 +72,7 @@ def snapshot_from_wire(wire: object, *, where: str = "snapshot") -> Snapshot:
         entries[event.routespec] = RouteEntry.create(
             event.routespec, event.target, event.data, item[3]
         )
-    return Snapshot(ts=ts.to_datetime(), table=RouteTable(entries, seq))
+    return Snapshot(ts=ts, table=RouteTable(entries, seq))
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
