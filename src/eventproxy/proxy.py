@@ -36,7 +36,7 @@ from traitlets import Float, Unicode, default, validate
 from eventproxy_dataplane import DataPlane, DataPlaneError, ProxySettings, RoutingTable
 
 from ._errors import EventProxyError, InvalidRouteDataError, VisibilityTimeoutError
-from .events import Event, RouteAdded, RouteRemoved
+from .events import Event, RouteAdded, RouteRemoved, copy_data
 from .log import RouteLog, open_log
 from .log._base import paused_gc
 from .projection import PlaneProjection, plane_entry
@@ -319,8 +319,12 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         activity = self._activity()
         with paused_gc():  # ~3 new objects per route; a GC pass mid-way would dominate
             routes: dict[str, dict[str, Any]] = {
-                spec: {"routespec": spec, "target": entry.target, "data": entry.copy_of_data()}
-                for spec, entry in self._table.items()
+                spec: {
+                    "routespec": spec,
+                    "target": target,
+                    "data": dict(data) if flat else copy_data(data),
+                }
+                for spec, (_, target, data, _, flat) in self._table.items()
             }
         for spec, last in activity.items():
             route = routes.get(spec)
