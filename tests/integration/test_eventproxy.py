@@ -301,3 +301,21 @@ async def test_delete_racing_an_add_in_flight_is_not_lost(backends: dict[str, st
         assert await proxy.get_all_routes() == {}
     finally:
         await proxy.stop()
+
+
+async def test_public_url_on_a_unix_socket(tmp_path: Path, backends: dict[str, str]) -> None:
+    """JupyterHub's http+unix:// public URLs: the in-process data plane listens on the socket."""
+    from urllib.parse import quote
+
+    sock = tmp_path / "proxy.sock"
+    proxy = EventProxy(public_url=f"http+unix://{quote(str(sock), safe='')}/", log_url="memory://")
+    await proxy.start()
+    try:
+        await proxy.add_route("/user/a/", backends["alice"], {})
+        transport = httpx.AsyncHTTPTransport(uds=str(sock))
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = await client.get("http://localhost/user/a/x")
+        assert r.status_code == 200 and r.text.startswith("alice GET /user/a/x")
+    finally:
+        await proxy.stop()
+    assert not sock.exists()
