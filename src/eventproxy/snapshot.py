@@ -14,13 +14,11 @@ from typing import Any
 import msgpack
 
 from ._errors import CorruptLogError, UnsupportedSchemaError
-from .events import SCHEMA_VERSION, RouteAdded, packb, unpackb
+from .events import SCHEMA_VERSION, RouteAdded
 from .table import RouteEntry, RouteTable
 
 __all__ = [
     "Snapshot",
-    "decode_snapshot",
-    "encode_snapshot",
     "snapshot_from_wire",
     "snapshot_to_wire",
 ]
@@ -73,15 +71,3 @@ def snapshot_from_wire(wire: object, *, where: str = "snapshot") -> Snapshot:
             event.routespec, event.target, event.data, item[3]
         )
     return Snapshot(ts=ts, table=RouteTable(entries, seq))
-
-
-def encode_snapshot(snapshot: Snapshot) -> bytes:
-    return packb(snapshot_to_wire(snapshot))
-
-
-def decode_snapshot(data: bytes, *, where: str = "snapshot") -> Snapshot:
-    try:
-        wire = unpackb(data)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise CorruptLogError(f"{where}: not msgpack: {exc}") from exc
-    return snapshot_from_wire(wire, where=where)

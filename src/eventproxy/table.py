@@ -89,10 +89,6 @@ class RouteTable(Mapping[str, RouteEntry]):
     def __repr__(self) -> str:
         return f"RouteTable(seq={self.seq}, routes={len(self)})"
 
-    def targets(self) -> dict[str, str]:
-        """routespec → target, the part that decides routing."""
-        return {spec: entry.target for spec, entry in self._routes.items()}
-
 
 def _apply(routes: dict[str, RouteEntry], seq: int, record: Record) -> None:
     if record.seq != seq + 1:

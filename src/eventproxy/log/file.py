@@ -143,15 +143,25 @@ class FileRouteLog(LocalRouteLog):
         self._lock_fd = fd
 
     def _create_sync(self) -> None:
+        self._replace_file_sync(FILE_MAGIC)
+
+    def _replace_file_sync(self, data: bytes) -> None:
+        """Make ``data`` the whole log file atomically: a temporary file, fsync'd, renamed into
+        place, and the directory fsync'd. On failure the old file is untouched."""
         tmp = self.path.with_name(self.path.name + ".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            _write_all(fd, FILE_MAGIC)
-            if self._fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, data)
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         if self._fsync:
             _fsync_dir(self.path.parent)
 
@@ -308,28 +318,16 @@ class FileRouteLog(LocalRouteLog):
         await anyio.to_thread.run_sync(self._compact_sync, snapshot, records)
 
     def _compact_sync(self, snapshot: Snapshot, records: list[Record]) -> None:
-        tmp = self.path.with_name(self.path.name + ".compact")
         parts = [FILE_MAGIC, encode_frame(packb(snapshot_to_wire(snapshot)))]
         for i in range(0, len(records), _FRAME_RECORDS):
             parts.append(encode_frame(_batch_payload(records[i : i + _FRAME_RECORDS])))
         data = b"".join(parts)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                _write_all(fd, data)
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            self._replace_file_sync(data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise LogUnavailableError(
                 f"route log {self.path}: compaction failed, log unchanged: {exc.strerror or exc}"
             ) from exc
-        if self._fsync:
-            _fsync_dir(self.path.parent)
         new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         old_fd, self._fd = self._fd, new_fd
         if old_fd is not None:
