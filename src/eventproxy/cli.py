@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import anyio
 
+from eventproxy_dataplane.cli import parse_address
+
 from ._errors import EventProxyError
 from .demo import add_demo_arguments, cmd_demo
 from .events import Record, RouteAdded
@@ -260,13 +262,6 @@ async def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
             f"nothing older than {args.retention} to compact; {result.retained} event(s) kept\n"
         )
     return 0
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8000), got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 async def cmd_dataplane(args: argparse.Namespace, out: TextIO) -> int:

@@ -68,19 +68,7 @@ async def serve_log(
         await tg.start(follow_log, log_url, projection)
         ports = []
         for host, port in listen:
-            ports.append(await tg.start(_serve_tcp, plane, host, port))
+            ports.append(await tg.start(plane.serve_tcp, host, port))
         if admin is not None:
-            await tg.start(_serve_admin, plane, *admin)
+            await tg.start(plane.serve_admin, *admin)
         task_status.started(ports)
-
-
-async def _serve_tcp(
-    plane: DataPlane, host: str, port: int, *, task_status: anyio.abc.TaskStatus[int]
-) -> None:
-    await plane.serve_tcp(host, port, task_status=task_status)
-
-
-async def _serve_admin(
-    plane: DataPlane, host: str, port: int, *, task_status: anyio.abc.TaskStatus[int]
-) -> None:
-    await plane.serve_admin(host, port, task_status=task_status)

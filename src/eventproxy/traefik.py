@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from eventproxy_dataplane import quote_rule_value
+
 from .routespec import RouteSpec, parse_routespec
 from .table import RouteEntry
 
@@ -75,20 +77,6 @@ def routespec_from_name(name: str) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
-def quote_rule_value(value: str) -> str:
-    """A traefik rule string literal that denotes exactly ``value``."""
-    if "`" not in value and all(ord(c) >= 0x20 and ord(c) != 0x7F for c in value):
-        return f"`{value}`"
-    out = ['"']
-    for ch in value:
-        if ch in '"\\`' or ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 def rule_for(spec: RouteSpec) -> str:

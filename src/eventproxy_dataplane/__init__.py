@@ -24,7 +24,7 @@ from ._errors import (
     SettingsError,
 )
 from ._routing import Route, RoutingTable
-from ._rules import format_rule, parse_rule
+from ._rules import format_rule, parse_rule, quote_rule_value
 from ._server import DataPlane
 from ._settings import ProxySettings
 from ._sources import ConfigCallback, load_config_file, watch_etcd, watch_file
@@ -54,6 +54,7 @@ __all__: list[str] = [
     "load_config_file",
     "parse_dynamic_config",
     "parse_rule",
+    "quote_rule_value",
     "watch_etcd",
     "watch_file",
 ]

@@ -335,7 +335,9 @@ def parse_rule(rule: str) -> Rule:
 
 
 # -- printer -----------------------------------------------------------------------------------
-def _quote(value: str) -> str:
+def quote_rule_value(value: str) -> str:
+    """A rule string literal that denotes exactly ``value``: backticks when that is exact, else
+    a Go double-quoted string with ``\\xNN`` escapes."""
     if "`" not in value and "\r" not in value:
         return f"`{value}`"
     out = ['"']
@@ -352,7 +354,7 @@ def _quote(value: str) -> str:
 def format_rule(rule: Rule) -> str:
     """Canonical text for a rule tree; ``parse_rule(format_rule(t)) == t``."""
     if isinstance(rule, Matcher):
-        return f"{rule.name}({_quote(rule.value)})"
+        return f"{rule.name}({quote_rule_value(rule.value)})"
     if isinstance(rule, Not):
         inner = format_rule(rule.operand)
         return f"!{inner}" if isinstance(rule.operand, Matcher | Not) else f"!({inner})"

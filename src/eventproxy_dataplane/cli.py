@@ -29,7 +29,8 @@ logger = logging.getLogger("eventproxy_dataplane")
 FIRST_CONFIG_WAIT = 10.0
 
 
-def _address(text: str) -> tuple[str, int]:
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:80`` too; an empty host means every interface) for argparse."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8000), got {text!r}")
@@ -65,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=_address,
+        type=parse_address,
         action="append",
         help="serve HTTP here (repeatable; default 127.0.0.1:8000)",
     )
-    parser.add_argument("--admin", metavar="HOST:PORT", type=_address, help="/health and /metrics")
+    parser.add_argument(
+        "--admin", metavar="HOST:PORT", type=parse_address, help="/health and /metrics"
+    )
     parser.add_argument("--loop", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument(
         "--io-edge",
