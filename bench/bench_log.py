@@ -17,9 +17,9 @@ from typing import Any
 import anyio
 
 from eventproxy import RouteAdded, RouteRemoved, RouteTable, fold_all, open_log
+from eventproxy._gc import paused_gc
 from eventproxy.events import Event
 from eventproxy.log import FileRouteLog
-from eventproxy.log._base import paused_gc
 
 
 def event(i: int) -> Event:

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 
 from eventproxy_dataplane import DataPlane, DataPlaneError, RouterSpec, ServerSpec, ServiceSpec
 
+from ._gc import paused_gc
 from .events import Record
-from .log._base import paused_gc
 from .routespec import parse_routespec
 from .table import RouteEntry, RouteTable, fold_all
 from .traefik import name_for, priority_for, rule_for

@@ -36,13 +36,13 @@ from traitlets import Float, Unicode, default, validate
 from eventproxy_dataplane import DataPlane, DataPlaneError, ProxySettings, RoutingTable
 
 from ._errors import EventProxyError, InvalidRouteDataError, VisibilityTimeoutError
-from .events import Event, RouteAdded, RouteRemoved, copy_data
+from ._gc import paused_gc
+from .events import Event, RouteAdded, RouteRemoved
 from .log import RouteLog, open_log
-from .log._base import paused_gc
 from .projection import PlaneProjection, plane_entry
 from .routespec import parse_routespec
 from .table import RouteEntry, RouteTable
-from .traefik import routespec_from_name
+from .traefik import name_for, routespec_from_name
 
 __all__ = ["EventProxy"]
 
@@ -318,14 +318,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         await self._ensure_open()
         activity = self._activity()
         with paused_gc():  # ~3 new objects per route; a GC pass mid-way would dominate
-            routes: dict[str, dict[str, Any]] = {
-                spec: {
-                    "routespec": spec,
-                    "target": target,
-                    "data": dict(data) if flat else copy_data(data),
-                }
-                for spec, (_, target, data, _, flat) in self._table.items()
-            }
+            routes = {spec: entry.as_jupyterhub() for spec, entry in self._table.items()}
         for spec, last in activity.items():
             route = routes.get(spec)
             if route is not None:
@@ -339,7 +332,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         if entry is None:
             return None
         route = entry.as_jupyterhub()
-        last = self._activity().get(spec.raw)
+        last = self._plane.activity().get(name_for(spec.raw)) if self._plane else None
         if last is not None:
-            route["data"]["last_activity"] = last
+            route["data"]["last_activity"] = _iso(last)
         return route

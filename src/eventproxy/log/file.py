@@ -40,9 +40,10 @@ import anyio
 import anyio.to_thread
 
 from .._errors import CorruptLogError, LogError, LogLockedError, LogUnavailableError
+from .._gc import paused_gc
 from ..events import Record, packb, record_to_wire, records_from_wire, unpackb
 from ..snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
-from ._base import LocalRouteLog, paused_gc
+from ._base import LocalRouteLog
 from ._framing import FILE_MAGIC, encode_frame, scan
 
 __all__ = ["FileRouteLog"]
