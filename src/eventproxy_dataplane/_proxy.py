@@ -55,6 +55,7 @@ from ._proxy_headers import (
     backend_headers,
     prepare_request,
     response_headers,
+    trailer_fields,
 )
 from ._settings import ProxySettings
 from ._ws import relay
@@ -373,9 +374,10 @@ class ClientConnection:
                 event = conn.next_event()
                 if event is h11.NEED_DATA or event is h11.PAUSED:
                     break
-                events.append(event)  # type: ignore[arg-type]
                 if type(event) is h11.EndOfMessage:
+                    events.append(_request_eom(event))
                     break
+                events.append(event)  # type: ignore[arg-type]
         except h11.RemoteProtocolError as exc:
             logger.debug("refusing a malformed request body: %s", exc)
             await self._send_simple(400, _generic(400), close=True)
@@ -521,7 +523,7 @@ class ClientConnection:
             if type(event) is h11.Data:
                 await backend.send(h.send(event) or b"")
             elif type(event) is h11.EndOfMessage:
-                await backend.send(h.send(event) or b"")
+                await backend.send(h.send(_request_eom(event)) or b"")
                 return
             else:
                 return
@@ -582,7 +584,8 @@ class ClientConnection:
                 if kind is h11.Data:
                     parts.append(conn.send(event2) or b"")  # type: ignore[arg-type]
                 elif kind is h11.EndOfMessage:
-                    parts.append(conn.send(_EOM) or b"")
+                    eom = self._response_eom(event2)  # type: ignore[arg-type]
+                    parts.append(conn.send(eom) or b"")
                     finished = True
                     break
                 else:
@@ -603,6 +606,16 @@ class ClientConnection:
                 self.state.metrics.count_backend_error(router, "reset")
                 raise _CloseClient from None
             h.receive_data(data)
+
+    def _response_eom(self, event: h11.EndOfMessage) -> h11.EndOfMessage:
+        """The end of a response for the client: the backend's allowed trailer fields when the
+        client's response is chunked (h11 frames an HTTP/1.0 client's response by closing)."""
+        if not event.headers:
+            return _EOM
+        fields = trailer_fields(event.headers)
+        if not fields or self.conn.their_http_version != b"1.1":
+            return _EOM
+        return h11.EndOfMessage(headers=fields, _parsed=True)
 
     async def _switch_to_websocket(
         self, backend: BackendConnection, router: str, event: h11.InformationalResponse
@@ -688,6 +701,13 @@ class ClientConnection:
 
 # encodeURIComponent's unescaped set, as configurable-http-proxy builds its error-target URL.
 _URI_COMPONENT_SAFE = "!'()*"
+
+
+def _request_eom(event: h11.EndOfMessage) -> h11.EndOfMessage:
+    """The end of a request for the backend: only the trailer fields allowed there."""
+    if not event.headers:
+        return event
+    return h11.EndOfMessage(headers=trailer_fields(event.headers), _parsed=True)
 
 
 def _kind(exc: BackendError) -> str:

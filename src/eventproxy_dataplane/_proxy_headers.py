@@ -10,17 +10,30 @@ Request side (client -> backend):
   ``forwarded_trusted_ips`` (a proxy in front of us) keeps its values, and its address is
   appended to ``X-Forwarded-For`` (traefik's ``forwardedHeaders.trustedIPs``).
 - ambiguous framing is refused here, before any backend sees the request: ``Content-Length``
-  together with ``Transfer-Encoding``, more than one ``Host``, too many header fields.
+  together with ``Transfer-Encoding``, a ``Content-Length`` above 2^63-1 (h11 accepts 20 digits;
+  a backend whose length parser wraps at 64 bits would read the body as a second request), more
+  than one ``Host``, too many header fields. A length with leading zeros is forwarded in its
+  plain decimal spelling (``005`` -> ``5``).
+- trailers of a chunked request: :func:`trailer_fields` drops every field that may not be sent
+  in a trailer section (RFC 9110 section 6.5.1: framing, routing, authentication, request
+  modifiers, response controls, content format) and the hop-by-hop and ``X-Forwarded-*``
+  fields; the rest is forwarded.
 
 Response side (backend -> client): the same hop-by-hop fields are dropped, and
 ``Transfer-Encoding`` too: h11 re-frames the body for the client (chunked for HTTP/1.1 clients
-when there is no ``Content-Length``). A ``101`` keeps ``Upgrade`` and ``Connection: upgrade``.
+when there is no ``Content-Length``). A ``Content-Length`` sent together with
+``Transfer-Encoding`` is dropped (the chunked framing wins, RFC 9112 section 6.3); a
+``Content-Length`` above 2^63-1 is a :class:`BackendProtocolError` (the client gets 502).
+A ``101`` keeps ``Upgrade`` and ``Connection: upgrade``. Response trailers go through
+:func:`trailer_fields` too (the proxy forwards them only when the client's response is chunked).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from ._errors import BackendProtocolError
 
 Header = tuple[bytes, bytes]
 
@@ -49,6 +62,55 @@ _FORWARDED = frozenset(
 _REQUEST_DROP = _HOP | _FORWARDED
 _RESPONSE_DROP = _HOP | {b"transfer-encoding"}
 _CONNECTION_KEEP = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+# RFC 9110 section 6.5.1: fields whose meaning is needed before the content, or that a backend
+# merging trailers into the head would act on. Never forwarded in a trailer section.
+_TRAILER_DROP = (
+    _REQUEST_DROP
+    | _RESPONSE_DROP
+    | frozenset(
+        {
+            # framing
+            b"content-length",
+            b"transfer-encoding",
+            # routing
+            b"host",
+            b"forwarded",
+            b"max-forwards",
+            # authentication and state
+            b"authorization",
+            b"www-authenticate",
+            b"cookie",
+            b"set-cookie",
+            # request modifiers
+            b"expect",
+            b"range",
+            b"if-match",
+            b"if-none-match",
+            b"if-modified-since",
+            b"if-unmodified-since",
+            b"if-range",
+            b"cache-control",
+            b"pragma",
+            # response controls
+            b"age",
+            b"expires",
+            b"date",
+            b"location",
+            b"retry-after",
+            b"vary",
+            b"warning",
+            # content format
+            b"content-type",
+            b"content-encoding",
+            b"content-range",
+            b"content-language",
+            b"content-location",
+        }
+    )
+)
+# the largest length a signed 64-bit parser holds; anything longer than 18 digits is checked
+MAX_CONTENT_LENGTH = 2**63 - 1
+_SAFE_LENGTH_DIGITS = 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +188,11 @@ def prepare_request(
             continue
         if name == b"content-length":
             has_length = True
+            if len(value) > _SAFE_LENGTH_DIGITS or (value[0] == 48 and len(value) > 1):
+                length = int(value)  # h11 checked: 1 to 20 ASCII digits
+                if length > MAX_CONTENT_LENGTH:
+                    return Rejection(400, "Content-Length above 2^63-1")
+                value = b"%d" % length
         elif name == b"transfer-encoding":
             has_chunked = True
         out.append((name, value))
@@ -216,18 +283,33 @@ def backend_headers(
 def response_headers(
     headers: Iterable[tuple[bytes, bytes]], *, switching: bool = False
 ) -> list[Header]:
-    """The header list sent to the client for a backend's response (or its ``101``)."""
+    """The header list sent to the client for a backend's response (or its ``101``).
+
+    Raises :class:`BackendProtocolError` for a ``Content-Length`` above 2^63-1.
+    """
     out: list[Header] = []
     connection: list[bytes] = []
     upgrade: bytes | None = None
+    chunked = has_length = False
     for name, value in headers:
         if name in _RESPONSE_DROP:
             if name == b"connection":
                 connection.append(value)
             elif name == b"upgrade":
                 upgrade = value
+            elif name == b"transfer-encoding":
+                chunked = True
             continue
+        if name == b"content-length":
+            has_length = True
+            if len(value) > _SAFE_LENGTH_DIGITS or (value[0] == 48 and len(value) > 1):
+                length = int(value)  # h11 checked: 1 to 20 ASCII digits
+                if length > MAX_CONTENT_LENGTH:
+                    raise BackendProtocolError("backend sent a Content-Length above 2^63-1")
+                value = b"%d" % length
         out.append((name, value))
+    if chunked and has_length:
+        out = [h for h in out if h[0] != b"content-length"]
     if connection:
         named = _split_connection(connection) - _CONNECTION_KEEP
         if named:
@@ -236,3 +318,14 @@ def response_headers(
         out.append((b"connection", b"upgrade"))
         out.append((b"upgrade", upgrade))
     return out
+
+
+def trailer_fields(fields: Iterable[tuple[bytes, bytes]]) -> list[Header]:
+    """The trailer fields forwarded: those RFC 9110 allows in a trailer section.
+
+    Dropped: framing (``Content-Length``, ``Transfer-Encoding``, ``Trailer``, hop-by-hop),
+    routing (``Host``, ``Forwarded``, ``X-Forwarded-*``, ``X-Real-Ip``), authentication and
+    cookies, request modifiers (``Expect``, ``Range``, conditionals, ``Cache-Control``),
+    response controls and content format (``Content-Type``, ``Content-Encoding``, ...).
+    """
+    return [(name, value) for name, value in fields if name not in _TRAILER_DROP]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
+from eventproxy_dataplane import BackendProtocolError
 from eventproxy_dataplane._proxy_headers import (
+    MAX_CONTENT_LENGTH,
     PreparedRequest,
     Rejection,
     backend_headers,
     prepare_request,
     response_headers,
+    trailer_fields,
 )
 
 LIMITS = {"max_header_count": 100, "max_header_bytes": 65536}
@@ -94,4 +99,74 @@ def test_response_headers_drop_hop_by_hop_and_framing() -> None:
         (b"sec-websocket-accept", b"x"),
         (b"connection", b"upgrade"),
         (b"upgrade", b"websocket"),
+    ]
+
+
+@pytest.mark.parametrize("length", [MAX_CONTENT_LENGTH + 1, 2**64, 2**64 + 5, 10**20 - 1])
+def test_content_length_above_int64_is_refused(length: int) -> None:
+    out = prepare_request(b"/", [(b"host", b"h"), (b"content-length", b"%d" % length)], **LIMITS)
+    assert out == Rejection(400, "Content-Length above 2^63-1")
+
+
+@pytest.mark.parametrize(
+    ("spelling", "plain"),
+    [(b"0", b"0"), (b"7", b"7"), (b"007", b"7"), (b"%d" % MAX_CONTENT_LENGTH, None)],
+)
+def test_content_length_is_plain_decimal(spelling: bytes, plain: bytes | None) -> None:
+    p = _prepare(b"/", [(b"host", b"h"), (b"content-length", spelling)])
+    assert p.headers == [(b"content-length", plain or spelling)]
+    assert response_headers([(b"content-length", spelling)]) == [
+        (b"content-length", plain or spelling)
+    ]
+
+
+def test_response_content_length_above_int64_is_a_protocol_error() -> None:
+    with pytest.raises(BackendProtocolError, match="2\\^63-1"):
+        response_headers([(b"content-length", b"%d" % 2**64)])
+
+
+def test_response_content_length_with_chunked_is_dropped() -> None:
+    out = response_headers(
+        [(b"content-length", b"3"), (b"transfer-encoding", b"chunked"), (b"x-a", b"1")]
+    )
+    assert out == [(b"x-a", b"1")]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"trailer",
+        b"te",
+        b"connection",
+        b"keep-alive",
+        b"upgrade",
+        b"authorization",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"www-authenticate",
+        b"cookie",
+        b"set-cookie",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-real-ip",
+        b"forwarded",
+        b"max-forwards",
+        b"expect",
+        b"range",
+        b"if-match",
+        b"cache-control",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"location",
+        b"vary",
+    ],
+)
+def test_trailer_fields_drop_what_rfc_9110_forbids_there(name: bytes) -> None:
+    assert trailer_fields([(b"x-sum", b"1"), (name, b"v"), (b"server-timing", b"a")]) == [
+        (b"x-sum", b"1"),
+        (b"server-timing", b"a"),
     ]

@@ -22,13 +22,16 @@ what reached them, so a test can assert that a request was (or was never) forwar
 ``WebSocketEchoBackend`` accepts a WebSocket handshake (wsproto) and echoes text and binary
 messages; the text message ``close:CODE`` makes it close with that code.
 ``ClosingBackend`` accepts connections and closes them at once (a backend that resets).
+``RawBackend`` records the exact bytes each connection delivered and answers every request it
+can frame (h11, strict) with scripted raw bytes, then closes: for checking byte for byte what a
+proxy forwards, and for backends that answer with malformed framing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,8 +59,9 @@ class Received:
     target: bytes
     headers: list[tuple[bytes, bytes]]
     body_size: int = 0
-    body: bytes = b""  # first 64 KiB only
+    body: bytes = b""  # first 64 KiB only (RawBackend: all of it)
     connection: int = 0
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)  # RawBackend only
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -273,6 +277,93 @@ class ClosingBackend(_Base):
     async def connection(self, stream: anyio.abc.ByteStream, number: int) -> None:
         with anyio.move_on_after(1):
             await stream.receive()
+
+
+OK_REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+
+
+@dataclass
+class RawBackend(_Base):
+    """Records every byte received, per connection; answers one request per connection.
+
+    ``received[i]`` holds the bytes of connection ``i`` (in arrival order), ``requests`` what h11
+    framed from them (a stream h11 refuses is recorded in ``errors`` and closed). Once a request is
+    complete, ``reply`` (raw bytes, sent as is) goes back and the connection is closed.
+    ``head_seen`` is set when the first request head has fully arrived (a readiness signal for
+    tests that send a body in a second write).
+    """
+
+    reply: bytes = OK_REPLY
+    received: list[bytearray] = field(default_factory=list)
+    requests: list[Received] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    head_seen: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def all_bytes(self) -> bytes:
+        return b"".join(self.received)
+
+    _changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], limit: float = 5.0) -> None:
+        """Wait (at most ``limit`` seconds) until ``predicate()`` holds; it is re-checked
+        whenever bytes arrive or a connection ends."""
+        with anyio.fail_after(limit):
+            while not predicate():
+                await self._changed.wait()
+
+    async def wait_closed(self, limit: float = 5.0) -> None:
+        """Wait until every connection to this backend has ended (its bytes are all in)."""
+        await self.wait_for(lambda: self.open_connections == 0, limit)
+
+    async def _accepted(self, stream: anyio.abc.ByteStream) -> None:
+        try:
+            await super()._accepted(stream)
+        finally:
+            self._notify()
+
+    async def connection(self, stream: anyio.abc.ByteStream, number: int) -> None:
+        buf = bytearray()
+        self.received.append(buf)
+        conn = h11.Connection(h11.SERVER)
+        got: Received | None = None
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self.errors.append(str(exc))
+                return
+            if event is h11.NEED_DATA:
+                data = await _receive_or_empty(stream, buf)
+                self._notify()
+                conn.receive_data(data)
+                continue
+            if type(event) is h11.Request:
+                got = Received(event.method, event.target, list(event.headers), connection=number)
+                self.requests.append(got)
+                self.head_seen.set()
+            elif type(event) is h11.Data and got is not None:
+                got.body_size += len(event.data)
+                got.body += event.data
+            elif type(event) is h11.EndOfMessage and got is not None:
+                got.trailers = list(event.headers)
+                await stream.send(self.reply)
+                return
+            else:
+                return
+
+
+async def _receive_or_empty(stream: anyio.abc.ByteStream, buf: bytearray) -> bytes:
+    try:
+        data = await stream.receive(_CHUNK)
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        return b""
+    buf += data
+    return data
 
 
 @dataclass
