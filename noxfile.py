@@ -23,16 +23,18 @@ TEST_TIERS = ["tests/core", "tests/dataplane", "tests/integration"]
 
 def ensure_test_services(session: nox.Session) -> None:
     """What the real-service tier needs beyond Python packages: configurable-http-proxy from
-    npm (into the git-ignored .cache/node) and Debian's Chromium (installed when we are root
-    with apt; otherwise the browser test says how to install it)."""
+    npm (into the git-ignored .cache/node), Debian's Chromium and wrk (installed when we are
+    root with apt; otherwise the tests needing them skip, or fail with CI=true, saying how to
+    install them)."""
     session.run("python", "tests/support/tools.py", "ensure-chp")
-    if shutil.which("chromium") is None:
+    missing = [tool for tool in ("chromium", "wrk") if shutil.which(tool) is None]
+    if missing:
         if os.geteuid() == 0 and shutil.which("apt-get"):
             env = {"DEBIAN_FRONTEND": "noninteractive"}
             session.run("apt-get", "update", "-qq", external=True, env=env)
-            session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
+            session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env=env)
         else:
-            session.warn("chromium is missing: the browser test needs Debian's 'chromium' package")
+            session.warn(f"missing Debian package(s) {missing}: tests needing them will skip")
 
 
 @nox.session(python=PYTHON)

@@ -18,7 +18,6 @@ from bench._load import LoadError, parse_wrk_output, run_wrk
 from bench._profile import package_of, parse_collapsed, summarize
 from bench._targets import (
     OK,
-    UNAVAILABLE,
     Target,
     start_backend,
     start_chp,
@@ -28,8 +27,10 @@ from bench._targets import (
 )
 from bench._ws import measure_round_trips, percentile
 
-from support.chp import chp_available, running_chp
-from support.tools import ToolMissing, require, which
+from support import require_binary
+from support.chp import require_chp, running_chp
+from support.tools import INSTALL_HINTS, ToolMissing, require
+from support.traefik import require_traefik
 
 ROUTES = user_routespecs(3)
 
@@ -133,8 +134,7 @@ def test_backend_answers_http_and_websocket(backend: Target) -> None:
 
 @pytest.mark.services
 def test_wrk_loads_the_backend(backend: Target) -> None:
-    if which("wrk") is None:
-        pytest.skip(str(ToolMissing("wrk")))
+    require_binary("wrk", INSTALL_HINTS["wrk"])
     result = run_wrk(
         backend.base_url, pattern="/user/user%04d/", count=10, duration=1, connections=4, threads=1
     )
@@ -145,10 +145,7 @@ def test_wrk_loads_the_backend(backend: Target) -> None:
 
 @pytest.mark.services
 def test_chp_routes_to_the_backend(backend: Target, tmp_path: Path) -> None:
-    if not chp_available():
-        pytest.skip(
-            "configurable-http-proxy not installed: python3 tests/support/tools.py install-chp"
-        )
+    require_chp()
     with ExitStack() as stack:
         chp = start_chp(stack, tmp_path, ROUTES, backend.base_url)
         assert chp.status == OK, chp.reason
@@ -160,10 +157,9 @@ def test_chp_routes_to_the_backend(backend: Target, tmp_path: Path) -> None:
 
 @pytest.mark.services
 def test_traefik_routes_to_the_backend(backend: Target, tmp_path: Path) -> None:
+    require_traefik()
     with ExitStack() as stack:
         traefik = start_traefik(stack, tmp_path, ROUTES, backend.base_url)
-        if traefik.status == UNAVAILABLE:
-            pytest.skip(traefik.reason)
         assert traefik.status == OK, traefik.reason
         assert get(traefik.port, "/user/user0000/lab")[0][0] == 200
         assert get(traefik.port, "/user/nobody/")[0][0] == 404
@@ -172,10 +168,7 @@ def test_traefik_routes_to_the_backend(backend: Target, tmp_path: Path) -> None:
 
 @pytest.mark.services
 def test_chp_launcher_rest_api(backend: Target, tmp_path: Path) -> None:
-    if not chp_available():
-        pytest.skip(
-            "configurable-http-proxy not installed: python3 tests/support/tools.py install-chp"
-        )
+    require_chp()
     with running_chp(tmp_path) as chp:
         chp.add_route("/user/alice/", backend.base_url, {"user": "alice"})
         routes = chp.routes()

@@ -38,12 +38,9 @@ from hypothesis import strategies as st
 from eventproxy_dataplane import RouterSpec, RoutingTable, parse_dynamic_config
 from eventproxy_dataplane._rules import parse_rule
 from support import LOOPBACK
-from support.traefik import Traefik, traefik_available
+from support.traefik import Traefik, require_traefik
 
-pytestmark = [
-    pytest.mark.services,
-    pytest.mark.skipif(not traefik_available(), reason="traefik binary not installed"),
-]
+pytestmark = pytest.mark.services
 
 MAX_ROUTERS = 12
 # configs per run (each with 40-70 requests); raise it for a longer soak run
@@ -96,6 +93,7 @@ def backends() -> Iterator[dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def traefik(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traefik]:
+    require_traefik()
     t = Traefik(tmp_path_factory.mktemp("traefik"), extra_args=ALLOW_ENCODED)
     try:
         yield t

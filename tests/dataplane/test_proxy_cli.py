@@ -18,7 +18,7 @@ import eventproxy_dataplane
 from eventproxy_dataplane.cli import main
 from support import child_process, free_port, port_accepts
 from support.backends import HTTPBackend, HTTPClient
-from support.etcd import etcd_available, running_etcd
+from support.etcd import require_etcd, running_etcd
 
 pytestmark = pytest.mark.anyio
 
@@ -156,8 +156,8 @@ async def test_node_reloads_the_config_file_and_serves_admin(
         tg.cancel_scope.cancel()
 
 
-@pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed")
 async def test_node_follows_traefik_kv_in_etcd(tmp_path: Path, anyio_backend: object) -> None:
+    require_etcd()
     async with anyio.create_task_group() as tg:
         one, two = HTTPBackend(name="one"), HTTPBackend(name="two")
         await tg.start(one.serve)

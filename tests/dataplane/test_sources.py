@@ -19,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from eventproxy_dataplane import ConfigProblem, DynamicConfig
 from eventproxy_dataplane._errors import ConfigSourceError
 from eventproxy_dataplane._sources import load_config_file, watch_etcd, watch_file
-from support.etcd import Etcd, etcd_available, running_etcd
+from support.etcd import Etcd, running_etcd
 
 Snapshot = tuple[DynamicConfig, list[ConfigProblem]]
 
@@ -161,8 +161,6 @@ def test_load_config_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 # -- etcd --------------------------------------------------------------------------------------
-needs_etcd = pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed")
-
 # Under trio, httpx/httpcore response and request-body async generators that are abandoned
 # mid-stream (etcd killed while sending, or a watch stream we leave on purpose to resync) are
 # finalised by the garbage collector, and trio warns about it. The connection itself is closed
@@ -191,7 +189,6 @@ def kv_router(prefix: str, name: str, port: int = 1) -> dict[str, str]:
     }
 
 
-@needs_etcd
 @pytest.mark.services
 @pytest.mark.anyio
 async def test_etcd_puts_and_deletes_are_watched(
@@ -215,7 +212,6 @@ async def test_etcd_puts_and_deletes_are_watched(
     await w.next(routers_are("b"))
 
 
-@needs_etcd
 @pytest.mark.services
 @pytest.mark.anyio
 async def test_etcd_stopped_and_restarted_mid_watch(
@@ -237,7 +233,6 @@ async def test_etcd_stopped_and_restarted_mid_watch(
     await w.next(routers_are("a", "after", "later"))
 
 
-@needs_etcd
 @pytest.mark.services
 @pytest.mark.anyio
 async def test_etcd_watch_resumes_after_compaction_by_reading_everything(
@@ -257,7 +252,6 @@ async def test_etcd_watch_resumes_after_compaction_by_reading_everything(
     await w.next(routers_are("b"))
 
 
-@needs_etcd
 @pytest.mark.services
 @pytest.mark.anyio
 async def test_etcd_unreachable_from_the_start(watching: Callable[..., Watch]) -> None:

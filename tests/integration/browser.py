@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from eventproxy.demo import is_running, process_tree
-from support import LOOPBACK, ChildProcess, free_port, wait_until
+from support import LOOPBACK, ChildProcess, free_port, require_binary, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -46,20 +45,11 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def missing_tool(message: str) -> None:
-    """Fail loudly in CI, where the tool must be installed; skip (with the reason) elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI installs it: see .ci/run)", pytrace=False)
-    pytest.skip(message)
-
-
 def require_chromium() -> Path:
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        missing_tool(
-            f"Chromium not found at {CHROMIUM}: apt-get install -y chromium "
-            "(or set EVENTPROXY_CHROMIUM)"
-        )
-    return CHROMIUM
+    """Debian's Chromium; missing, the test fails under ``CI=true`` and skips elsewhere."""
+    return require_binary(
+        "chromium", "apt-get install -y chromium (or set EVENTPROXY_CHROMIUM)", path=CHROMIUM
+    )
 
 
 @dataclass

@@ -24,11 +24,11 @@ from integration.browser import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
     cmdline,
-    missing_tool,
     require_chromium,
     running_demo,
     stop_demo,
 )
+from support import missing_service
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(180)]
 
@@ -42,8 +42,8 @@ def test_login_start_lab_and_run_a_cell(tmp_path: Path) -> None:
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
-        missing_tool("Playwright for Python is not installed: pip install playwright")
-        raise  # unreachable: missing_tool fails or skips
+        missing_service("Playwright for Python is not installed: pip install playwright")
+        raise  # unreachable: missing_service fails or skips
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "browser-e2e.png"

@@ -18,7 +18,7 @@ import pytest
 from eventproxy.testing import Capabilities, ProxyFactory, ProxyUnderTest, stub_app
 from eventproxy.testing.suite import *  # noqa: F403
 from support import LOOPBACK, free_port
-from support.tools import ToolMissing, ensure_chp
+from support.chp import require_chp
 
 pytestmark = pytest.mark.services
 
@@ -30,10 +30,7 @@ def conformance_proxy_factory(tmp_path: Path) -> ProxyFactory:
     """JupyterHub's ConfigurableHTTPProxy, started by its own ``start()``."""
     from jupyterhub.proxy import ConfigurableHTTPProxy
 
-    try:
-        binary = ensure_chp()
-    except (ToolMissing, RuntimeError) as exc:
-        pytest.skip(f"configurable-http-proxy unavailable: {exc}")
+    binary = require_chp(install=True)
 
     @contextlib.asynccontextmanager
     async def factory(*, host_routing: bool, hub_url: str) -> AsyncIterator[ProxyUnderTest]:

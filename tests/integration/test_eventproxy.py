@@ -7,7 +7,6 @@ EventProxy lives in JupyterHub's asyncio loop, so these tests run on asyncio onl
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from eventproxy import EventProxy, EventProxyError, open_log
-from support import free_port
+from support import free_port, require_binary
 
 pytestmark = pytest.mark.anyio
 
@@ -227,8 +226,8 @@ async def test_port_in_use_is_a_clear_error() -> None:
         await proxy.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_https_with_the_hubs_certificate(tmp_path: Path, backends: dict[str, str]) -> None:
+    require_binary("openssl", "apt-get install -y openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [

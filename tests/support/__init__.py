@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,46 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import pytest
+
 LOOPBACK = "127.0.0.1"
+
+
+def in_ci() -> bool:
+    """True when running in CI (``CI`` set to anything but empty, ``0`` or ``false``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_service(message: str) -> None:
+    """A test cannot run because something it needs is not installed.
+
+    In CI (``CI=true``) that fails the test, so a missing service can never turn the run green;
+    on a developer's machine the test is skipped with ``message`` (``pytest -rs`` shows it).
+    """
+    if in_ci():
+        pytest.fail(f"{message} (CI must install it: see .ci/run)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_binary(name: str, how_to_install: str, *, path: Path | str | None = None) -> Path:
+    """The executable a test needs: ``path`` if given, else ``name`` looked up on PATH.
+
+    When it is missing the test fails under ``CI=true`` and skips elsewhere; either way the
+    message names the binary and how to install it. Every test needing an external program
+    (etcd, traefik, wrk, configurable-http-proxy, Chromium...) goes through here.
+    """
+    if path is not None:
+        candidate = Path(path)
+        found = candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+        where = f" at {candidate}"
+    else:
+        on_path = shutil.which(name)
+        found = Path(on_path) if on_path else None
+        where = " on PATH"
+    if found is None:
+        missing_service(f"{name} not found{where}; to install: {how_to_install}")
+        raise AssertionError("unreachable: missing_service fails or skips")
+    return found
 
 
 def free_port() -> int:

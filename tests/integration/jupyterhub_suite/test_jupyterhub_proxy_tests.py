@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from jh_suite_runner import DEFAULT_MODULES, Unavailable, run
 
+from support import missing_service
+
 pytestmark = pytest.mark.services
 
 
@@ -23,7 +25,7 @@ def test_jupyterhub_proxy_tests_pass_with_eventproxy(tmp_path: Path) -> None:
     try:
         code, output, results = run(modules or DEFAULT_MODULES, workdir=tmp_path)
     except Unavailable as exc:
-        pytest.skip(str(exc))
+        missing_service(str(exc))
     assert code == 0, output[-6000:]
     outcomes = {r.outcome for r in results}
     assert outcomes <= {"passed", "skipped", "xfailed"}, output[-6000:]
