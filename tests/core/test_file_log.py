@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import logging
 import os
+import threading
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -198,3 +203,147 @@ async def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_frame_header_size_is_stable() -> None:
     assert FRAME_HEADER_SIZE == 12 and len(FILE_MAGIC) == 16
+
+
+# -- faults after the point of no return, errors, and the event loop ----------------------------
+def fail_reopen_after_replace(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
+    """Make ``os.open`` of ``path`` fail with EMFILE once a compaction renamed a file onto it.
+
+    Returns a list that records "replaced" and "refused" as they happen.
+    """
+    real_open, real_replace = os.open, os.replace
+    seen: list[str] = []
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        real_replace(src, dst)
+        if Path(dst) == path:
+            seen.append("replaced")
+
+    def open_(p: str | os.PathLike[str], flags: int, *args: int, **kwargs: object) -> int:
+        if "replaced" in seen and Path(p) == path:
+            seen.append("refused")
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(p, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "open", open_)
+    return seen
+
+
+async def test_compaction_that_cannot_reopen_its_file_breaks_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "routes.log"
+    log = await FileRouteLog.open(path)
+    try:
+        await log.append([added(1)])
+        await log.append([added(2)])
+        seen = fail_reopen_after_replace(monkeypatch, path)
+        with pytest.raises(
+            LogUnavailableError, match=r"routes\.log: compaction written, but reopening.*broken"
+        ) as failed:
+            await log.compact(retention=timedelta(0))
+        assert seen == ["replaced", "refused"]
+        assert isinstance(failed.value.__cause__, OSError)
+        assert "Too many open files" in str(failed.value)
+        monkeypatch.undo()  # the fd limit is gone again: the log must still refuse
+        with pytest.raises(LogUnavailableError, match="is broken and refuses appends"):
+            await log.append([added(3)])
+        with pytest.raises(LogUnavailableError, match="is broken and refuses appends"):
+            await log.compact(retention=timedelta(0))
+        assert await log.head() == 2  # reads still answer from memory
+        assert sorted(await log.load_table()) == ["/user/u1/", "/user/u2/"]
+    finally:
+        await log.aclose()
+    async with await FileRouteLog.open(path) as again:  # reopening recovers
+        assert await again.head() == 2
+        assert sorted(await again.load_table()) == ["/user/u1/", "/user/u2/"]
+        assert await again.append([added(3)]) == [3]
+    async with await FileRouteLog.open(path, readonly=True) as reader:
+        assert sorted(await reader.load_table()) == ["/user/u1/", "/user/u2/", "/user/u3/"]
+
+
+async def test_refresh_failures_are_log_errors_naming_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "routes.log"
+    await write_log(path, 1)
+    async with await FileRouteLog.open(path, readonly=True) as reader:
+        assert await reader.head() == 2
+        real_stat = os.stat
+
+        def stat(p: str | os.PathLike[str], *args: object, **kwargs: object) -> os.stat_result:
+            if Path(p) == path:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real_stat(p, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "stat", stat)
+        with pytest.raises(LogUnavailableError, match=r"routes\.log: refresh .*Input/output error"):
+            await reader.read()
+        monkeypatch.undo()
+        # the file was replaced (another inode) and cannot be opened again: still a log error
+        await write_log(tmp_path / "other.log", 2)
+        os.replace(tmp_path / "other.log", path)
+        real_open = builtins.open
+
+        def open_(p: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(p, (str, os.PathLike)) and Path(p) == path:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return real_open(p, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", open_)
+        with pytest.raises(LogUnavailableError, match=r"routes\.log: refresh .*open files"):
+            await reader.head()
+        monkeypatch.undo()
+        assert await reader.head() == 4
+
+
+async def test_aclose_closes_its_files_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await FileRouteLog.open(tmp_path / "routes.log")
+    await log.append([added(1)])
+    ours = {log._fd, log._lock_fd}
+    closed_on: list[threading.Thread] = []
+    real_close = os.close
+
+    def close(fd: int) -> None:
+        if fd in ours:
+            closed_on.append(threading.current_thread())
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", close)
+    await log.aclose()
+    assert len(closed_on) == 2
+    assert threading.main_thread() not in closed_on  # the event loop runs in the main thread
+
+
+async def test_aclose_waits_for_an_append_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "routes.log"
+    log = await FileRouteLog.open(path)
+    entered, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    result: list[list[int]] = []
+
+    async def append() -> None:
+        result.append(await log.append([added(1)]))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(append)
+        await anyio.to_thread.run_sync(entered.wait, 10)  # the append is inside fsync
+        tg.start_soon(log.aclose)
+        await anyio.wait_all_tasks_blocked()  # aclose is waiting (on the writer lock)
+        release.set()
+    monkeypatch.undo()
+    assert result == [[1]]  # acknowledged, and really written:
+    async with await FileRouteLog.open(path, readonly=True) as reader:
+        assert [r.seq for r in await reader.read()] == [1]

@@ -24,21 +24,37 @@ from __future__ import annotations
 
 import abc
 import bisect
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
 
-from .._errors import AppendConflictError, CompactedError, LogClosedError
+from .._errors import AppendConflictError, CompactedError, LogClosedError, LogUnavailableError
 from .._gc import paused_gc
 from ..events import Event, Record, now_utc
 from ..snapshot import Snapshot
 from ..table import RouteTable, fold_all
 
-__all__ = ["CompactionResult", "LocalRouteLog", "RouteLog"]
+__all__ = ["CompactionResult", "LocalRouteLog", "RouteLog", "map_os_errors"]
 
 _READ_CHUNK = 1024
+
+
+@contextlib.contextmanager
+def map_os_errors(where: object, operation: str) -> Iterator[None]:
+    """Translate an ``OSError`` raised inside into :class:`LogUnavailableError`.
+
+    The one place where a storage failure becomes an eventproxy error: the message names the
+    log (``where``: its path or URL), the ``operation`` that failed and the system's reason, and
+    the ``OSError`` stays attached as ``__cause__``. eventproxy's own errors pass through.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise LogUnavailableError(f"route log {where}: {operation}: {reason}") from exc
 
 
 @dataclass(frozen=True, slots=True)

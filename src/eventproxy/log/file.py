@@ -20,9 +20,15 @@ memory (it is the routing table's history; compaction bounds it).
 * **No half-applied appends.** If a write or fsync fails, the file is truncated back to its
   previous length before the error is raised; if even that fails, the log refuses further
   appends until it is reopened (and recovered).
+* **Broken, not silently wrong.** If a compaction renamed the new file into place but the log
+  cannot open it (``EMFILE``...), the descriptor it holds names the unlinked old file, where an
+  append would be acknowledged and then lost: the log refuses every further append and
+  compaction (reads still work: memory holds the same records) until it is reopened.
+* **Errors.** Every ``OSError`` becomes :class:`LogUnavailableError` through one helper,
+  :func:`~eventproxy.log._base.map_os_errors`, naming the path and the operation.
 
-All blocking file-system calls run in a worker thread (``anyio.to_thread``), so the event loop
-never waits on the disk.
+All blocking file-system calls (``aclose`` included) run in a worker thread
+(``anyio.to_thread``), so the event loop never waits on the disk.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from .._errors import CorruptLogError, LogError, LogLockedError, LogUnavailableE
 from .._gc import paused_gc
 from ..events import Record, packb, record_to_wire, records_from_wire, unpackb
 from ..snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
-from ._base import LocalRouteLog
+from ._base import LocalRouteLog, map_os_errors
 from ._framing import FILE_MAGIC, encode_frame, scan
 
 __all__ = ["FileRouteLog"]
@@ -105,7 +111,7 @@ class FileRouteLog(LocalRouteLog):
     # -- opening and loading ---------------------------------------------------------------
 
     def _open_sync(self) -> None:
-        try:
+        with map_os_errors(self.path, "open"):
             if self.readonly:
                 if not self.path.exists():
                     raise LogUnavailableError(f"route log {self.path} does not exist")
@@ -121,8 +127,6 @@ class FileRouteLog(LocalRouteLog):
             except BaseException:
                 self._release_sync()
                 raise
-        except OSError as exc:
-            raise LogUnavailableError(f"route log {self.path}: {exc.strerror or exc}") from exc
 
     def _take_lock_sync(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -254,6 +258,10 @@ class FileRouteLog(LocalRouteLog):
         await anyio.to_thread.run_sync(self._refresh_sync)
 
     def _refresh_sync(self) -> None:
+        with map_os_errors(self.path, "refresh (reading what the writer appended)"):
+            self._refresh_inner_sync()
+
+    def _refresh_inner_sync(self) -> None:
         try:
             stat = os.stat(self.path)
         except FileNotFoundError:
@@ -282,13 +290,15 @@ class FileRouteLog(LocalRouteLog):
     # -- persistence -----------------------------------------------------------------------
 
     def _check_writable(self) -> int:
-        if self.readonly or self._fd is None:
+        if self.readonly:
             raise LogError(f"route log {self.path} is open read-only")
         if self._broken is not None:
             raise LogUnavailableError(
-                f"route log {self.path} refuses appends after a failed write ({self._broken}); "
-                "reopen it to recover"
+                f"route log {self.path} is broken and refuses appends and compactions "
+                f"({self._broken}); nothing acknowledged was lost: reopen it to recover"
             )
+        if self._fd is None:
+            raise LogError(f"route log {self.path} has no open file")
         return self._fd
 
     async def _persist_batch(self, records: list[Record]) -> None:
@@ -302,16 +312,17 @@ class FileRouteLog(LocalRouteLog):
             _write_all(fd, frame)
             if self._fsync:
                 os.fsync(fd)
-        except OSError as exc:
+        except OSError:
+            operation = "append failed and was rolled back"
             try:
                 os.ftruncate(fd, before)
                 if self._fsync:
                     os.fsync(fd)
             except OSError as undo_exc:
-                self._broken = f"{exc}; undo failed: {undo_exc}"
-            raise LogUnavailableError(
-                f"route log {self.path}: append failed and was rolled back: {exc.strerror or exc}"
-            ) from exc
+                self._broken = f"an append failed and its rollback failed too: {undo_exc}"
+                operation = "append failed and could not be rolled back; the log is broken"
+            with map_os_errors(self.path, operation):
+                raise
         self._size = before + len(frame)
 
     async def _persist_compaction(self, snapshot: Snapshot, records: list[Record]) -> None:
@@ -323,33 +334,56 @@ class FileRouteLog(LocalRouteLog):
         for i in range(0, len(records), _FRAME_RECORDS):
             parts.append(encode_frame(_batch_payload(records[i : i + _FRAME_RECORDS])))
         data = b"".join(parts)
-        try:
+        with map_os_errors(self.path, "compaction failed, log unchanged"):
             self._replace_file_sync(data)
+        # The compacted file is in place (same records, fewer bytes). Until it is open, the fd
+        # we hold names the old, now unlinked inode: appending there would be acknowledged and
+        # lost. So if it cannot be opened, the log is broken: it refuses writes until reopened.
+        try:
+            new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                inode = os.fstat(new_fd).st_ino
+            except BaseException:
+                os.close(new_fd)
+                raise
         except OSError as exc:
-            raise LogUnavailableError(
-                f"route log {self.path}: compaction failed, log unchanged: {exc.strerror or exc}"
-            ) from exc
-        new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._broken = f"the compacted file could not be reopened: {exc.strerror or exc}"
+            self._close_fd_sync()
+            with map_os_errors(
+                self.path, "compaction written, but reopening it failed; the log is broken"
+            ):
+                raise
         old_fd, self._fd = self._fd, new_fd
-        if old_fd is not None:
-            os.close(old_fd)
         self._size = len(data)
-        self._inode = os.fstat(new_fd).st_ino
+        self._inode = inode
+        if old_fd is not None:
+            with map_os_errors(self.path, "closing the file replaced by compaction"):
+                os.close(old_fd)
 
     # -- closing ---------------------------------------------------------------------------
 
+    def _close_fd_sync(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):  # nothing of ours is pending on it (fsync'd)
+                os.close(fd)
+
     def _release_sync(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close_fd_sync()
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._lock_fd, 0)
-            os.close(self._lock_fd)  # closing releases the flock
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 
     async def aclose(self) -> None:
         if self._closed:
             return
         await super().aclose()
-        self._release_sync()
+        # Wait for an append or compaction in a worker thread to finish with the descriptor
+        # before closing it; the close itself runs in a thread too. Shielded: a cancelled
+        # close must still release the writer lock.
+        with anyio.CancelScope(shield=True):
+            async with self._writer_lock():
+                await anyio.to_thread.run_sync(self._release_sync)
