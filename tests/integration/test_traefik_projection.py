@@ -11,7 +11,6 @@ providers), with a file route log as the source.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -27,23 +26,15 @@ from eventproxy.projectors import GatewayKV, Limits, TraefikFileProjector, Traef
 from eventproxy.projectors.traefik_config import kv_pairs, marker_key, marker_rule, our_pairs
 from eventproxy.traefik_api import TraefikAPI
 from support import LOOPBACK
-from support.etcd import Etcd, etcd_available
-from support.traefik import Traefik, traefik_available
+from support.etcd import Etcd, require_etcd
+from support.traefik import Traefik, require_traefik
 
 pytestmark = [pytest.mark.services, pytest.mark.anyio]
 
 
-def _need(available: bool, what: str) -> None:
-    if available:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} binary is missing (CI=true: services are required)")
-    pytest.skip(f"{what} binary not installed")
-
-
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    _need(etcd_available(), "etcd")
+    require_etcd()
     e = Etcd(tmp_path_factory.mktemp("etcd"))
     try:
         yield e
@@ -247,7 +238,7 @@ async def _routes_log(tmp_path: Path, ports: list[int]) -> Any:
 async def test_traefik_etcd_provider_routes_jupyterhub_names(
     etcd: Etcd, tmp_path: Path, echo_ports: list[int]
 ) -> None:
-    _need(traefik_available(), "traefik")
+    require_traefik()
     root = "t-route"
     log = await _routes_log(tmp_path, echo_ports)
     (tmp_path / "traefik").mkdir()
@@ -276,7 +267,7 @@ async def test_traefik_etcd_provider_routes_jupyterhub_names(
 async def test_traefik_file_provider_routes_jupyterhub_names(
     tmp_path: Path, echo_ports: list[int]
 ) -> None:
-    _need(traefik_available(), "traefik")
+    require_traefik()
     log = await _routes_log(tmp_path, echo_ports)
     (tmp_path / "traefik").mkdir()
     (tmp_path / "proj").mkdir()
