@@ -1,8 +1,10 @@
 """Routespecs: what a route matches, validated so that every plane routes it exactly.
 
 A routespec is JupyterHub's key for a route: ``/path/`` (path routing) or ``host/path/`` (host
-routing). eventproxy accepts a routespec only when it can route *exactly* the requests whose path
-starts with it, in every plane (traefik rules, the pure-Python data plane, the in-memory table).
+routing). A routespec ``P/`` routes the requests whose path is ``P`` or starts with ``P/`` (never
+``P`` followed by anything else; the longest matching route wins). eventproxy accepts a routespec
+only when every plane (traefik rules, the pure-Python data plane, the in-memory table) can route
+*exactly* those requests; ``traefik.rule_for`` writes the rule all planes evaluate.
 
 The policy (``docs/routespecs.md`` explains it for users):
 

@@ -6,8 +6,11 @@
   (:func:`routespec_from_name`), injective (no two routespecs share a name) and safe in etcd keys,
   TOML keys and traefik's provider namespace (no ``/``, ``@`` or ``.``). The prefix marks
   eventproxy's own routers: anything else in the same configuration is not ours.
-* **Rules.** ``PathPrefix`` on the *decoded* routespec path, plus ``Host`` for host-routing
-  specs: what the pure-Python data plane compares (it decodes request paths segment by segment).
+* **Rules.** ``(PathPrefix(`P/`) || Path(`P`))`` on the *decoded* routespec path ``P/`` (just
+  ``PathPrefix(`/`)`` for the default route), plus ``Host`` for host-routing specs: a route
+  ``P/`` routes the path ``P`` and every path under ``P/``, never ``P`` followed by anything
+  else, and the comparison is what the pure-Python data plane does (it decodes request paths
+  segment by segment).
   A value is written as a backtick string when it holds no backtick, else as a Go double-quoted
   string with ``\\xNN`` escapes; since routespec validation already refuses control characters,
   every routespec is represented exactly and nothing in it can end the string early. (traefik
@@ -15,7 +18,9 @@
   what a traefik projection must emit instead.)
 * **Priority.** Explicit: ``2 * (bytes of the decoded path) + 1 if a host is given``, so the
   longest prefix wins and, for the same path, a host-specific route wins over a host-less one —
-  in traefik and in the pure-Python data plane alike, whatever the rule text's length.
+  in traefik and in the pure-Python data plane alike, whatever the rule text's length. Both
+  halves of a rule carry the route's priority: ``/user/a/b`` matches ``/user/a/`` (prefix) and
+  ``/user/a/b/`` (exact half), and the longer route wins.
 """
 
 from __future__ import annotations
@@ -80,7 +85,16 @@ def routespec_from_name(name: str) -> str | None:
 
 
 def rule_for(spec: RouteSpec) -> str:
-    path = f"PathPrefix({quote_rule_value(spec.decoded_path)})"
+    """The traefik rule of a route: ``(PathPrefix(`P/`) || Path(`P`))``, with ``Host`` if given.
+
+    A routespec ``P/`` routes the request path ``P`` itself and every path starting with ``P/``
+    (``/user/a/b`` reaches the named server ``/user/a/b/``; ``/user/ab`` never reaches
+    ``/user/a/``). The default route ``/`` is ``PathPrefix(`/`)``: it matches every path.
+    """
+    prefix = spec.decoded_path
+    path = f"PathPrefix({quote_rule_value(prefix)})"
+    if prefix != "/":
+        path = f"({path} || Path({quote_rule_value(prefix[:-1])}))"
     if spec.host is None:
         return path
     return f"Host({quote_rule_value(spec.match_host or '')}) && {path}"

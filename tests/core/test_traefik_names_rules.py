@@ -59,23 +59,31 @@ def test_rules_for_jupyterhub_names(user: str) -> None:
         spec = parse_routespec(f"/user/{url_escape_path(user)}/")
     except InvalidRoutespecError:
         return
-    rule = rule_for(spec)
-    assert rule.startswith("PathPrefix(")
-    assert decoded_value(rule[len("PathPrefix(") : -1]) == f"/user/{user}/"
+    tree = parse_rule(rule_for(spec))
+    prefix, exact = tree.left, tree.right  # type: ignore[union-attr]
+    assert (prefix.name, prefix.value) == ("PathPrefix", f"/user/{user}/")
+    assert (exact.name, exact.value) == ("Path", f"/user/{user}")
 
 
 def test_hostile_looking_names_stay_inside_the_string() -> None:
     spec = parse_routespec("/user/x%60)%20%7C%7C%20PathPrefix(%60/")
     assert spec.decoded_path == "/user/x`) || PathPrefix(`/"
     rule = rule_for(spec)
-    assert rule == 'PathPrefix("/user/x\\x60) || PathPrefix(\\x60/")'
-    assert decoded_value(rule[len("PathPrefix(") : -1]) == spec.decoded_path
+    assert rule == (
+        '(PathPrefix("/user/x\\x60) || PathPrefix(\\x60/")'
+        ' || Path("/user/x\\x60) || PathPrefix(\\x60"))'
+    )
+    tree = parse_rule(rule)
+    assert tree.left.value == spec.decoded_path  # type: ignore[union-attr]
+    assert tree.right.value == spec.decoded_path[:-1]  # type: ignore[union-attr]
 
 
 def test_host_rules_and_priorities() -> None:
     host = parse_routespec("Alice.Example.org/user/alice/")
     path = parse_routespec("/user/alice/")
-    assert rule_for(host) == "Host(`alice.example.org`) && PathPrefix(`/user/alice/`)"
+    assert rule_for(host) == (
+        "Host(`alice.example.org`) && (PathPrefix(`/user/alice/`) || Path(`/user/alice`))"
+    )
     assert priority_for(host) == priority_for(path) + 1
     assert priority_for(parse_routespec("/user/alice/x/")) > priority_for(host)
     assert priority_for(parse_routespec("/")) < priority_for(path)

@@ -229,23 +229,32 @@ async def test_prefix_is_segment_bounded(
     assert await _backend_of(put, "/user/a") in ("a", "root")
 
 
-@proxy_difference(
-    "eventproxy",
-    reason="eventproxy routes exactly the paths that start with the routespec (/user/a/); "
-    "/user/a goes to the default route, the hub, which redirects to /user/a/",
-)
 async def test_request_without_trailing_slash(
     conformance_proxy: ProxyUnderTest, conformance_backends: Backends
 ) -> None:
-    """A request for /user/a (no trailing slash) reaches the /user/a/ route, as with
-    configurable-http-proxy (JupyterHub's reference proxy)."""
+    """A request for /user/a (no trailing slash) reaches the /user/a/ route and /user/a/b the
+    named server /user/a/b/ (not /user/a/), as with configurable-http-proxy (JupyterHub's
+    reference proxy); /user/ab reaches /user/ab/ and /user/abc neither."""
     put, proxy = conformance_proxy, conformance_proxy.proxy
     root = await conformance_backends.start("root")
     a = await conformance_backends.start("a")
+    ab = await conformance_backends.start("ab")
+    named = await conformance_backends.start("named")
     await proxy.add_route("/", root.url, {})
     await proxy.add_route("/user/a/", a.url, {})
-    assert await _backend_of(put, "/user/a") == "a"
-    assert await _backend_of(put, "/user/a?x=1") == "a"
+    await proxy.add_route("/user/a/b/", named.url, {})
+    await proxy.add_route("/user/ab/", ab.url, {})
+    expected = {
+        "/user/a": "a",
+        "/user/a?x=1": "a",
+        "/user/a/b": "named",
+        "/user/a/b?x=1": "named",
+        "/user/a/bc": "a",
+        "/user/ab": "ab",
+        "/user/abc": "root",
+    }
+    got = {target: await _backend_of(put, target) for target in expected}
+    assert got == expected
 
 
 # -- host routing ---------------------------------------------------------------------------
