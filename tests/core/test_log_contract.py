@@ -15,6 +15,7 @@ import pytest
 from eventproxy import (
     AppendConflictError,
     CompactedError,
+    InvalidRouteDataError,
     InvalidRoutespecError,
     LogClosedError,
     RouteAdded,
@@ -80,6 +81,36 @@ async def test_a_batch_with_an_invalid_event_is_refused_whole(open_route_log: Lo
             # the bad event cannot even be built, so nothing of the batch reaches the log
             await log.append([added(2), RouteRemoved("/user/../hub/")])
         assert await log.head() == 1
+
+
+def unstorable(kind: str) -> RouteAdded:
+    """An event that passes its constructor but that no log can store: it reaches ``append``."""
+    if kind == "surrogate":  # a str msgpack cannot encode as UTF-8 (e.g. from surrogateescape)
+        return RouteAdded("/user/bad/", "http://127.0.0.1:9", {"note": "caf\udce9"})
+    event = RouteAdded("/user/bad/", "http://127.0.0.1:9", {"note": "fine"})
+    event.data["note"] = object()  # the caller changed the data after it was validated
+    return event
+
+
+@pytest.mark.parametrize("kind", ["surrogate", "mutated"])
+async def test_a_failed_batch_leaves_the_log_unchanged(
+    open_route_log: LogOpener, kind: str
+) -> None:
+    log = await open_route_log()
+    await log.append([added(1), added(2)])
+    await log.append([RouteRemoved("/user/u1/"), added(3)])
+    head, records, table = await log.head(), await log.read(), await log.load_table()
+    with pytest.raises(InvalidRouteDataError, match=r"route '/user/bad/' cannot be stored"):
+        await log.append([added(4), unstorable(kind), added(5)])
+    assert await log.head() == head == 4
+    assert await log.read() == records
+    assert await log.load_table() == table
+    assert await log.append([added(6)]) == [5]  # the next seq follows the last good batch
+    await log.aclose()
+    async with await open_route_log() as log:
+        again = await log.read()
+        assert again[:-1] == records and [r.seq for r in again] == [1, 2, 3, 4, 5]
+        assert sorted(await log.load_table()) == ["/user/u2/", "/user/u3/", "/user/u6/"]
 
 
 async def test_expected_head_detects_a_concurrent_writer(open_route_log: LogOpener) -> None:

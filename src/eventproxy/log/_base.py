@@ -25,21 +25,50 @@ from __future__ import annotations
 import abc
 import bisect
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import anyio
 
-from .._errors import AppendConflictError, CompactedError, LogClosedError, LogUnavailableError
+from .._errors import (
+    AppendConflictError,
+    CompactedError,
+    InvalidRouteDataError,
+    LogClosedError,
+    LogUnavailableError,
+)
 from .._gc import paused_gc
-from ..events import Event, Record, now_utc
+from ..events import Event, Record, encode_record, now_utc
 from ..snapshot import Snapshot
 from ..table import RouteTable, fold_all
 
-__all__ = ["CompactionResult", "LocalRouteLog", "RouteLog", "map_os_errors"]
+__all__ = ["CompactionResult", "LocalRouteLog", "RouteLog", "encode_or_refuse", "map_os_errors"]
 
 _READ_CHUNK = 1024
+_T = TypeVar("_T")
+# what msgpack raises for a value it cannot encode (a str with a lone surrogate is a
+# UnicodeEncodeError, a ValueError; an object mutated into route data after validation, TypeError)
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError)
+
+
+def encode_or_refuse(encode: Callable[[], _T], records: Sequence[Record]) -> _T:
+    """``encode()`` (the storage encoding of ``records``), or :class:`InvalidRouteDataError`
+    naming the first record that cannot be encoded. Called before anything is stored, so a batch
+    holding such a record is refused whole and the log stays unchanged."""
+    try:
+        return encode()
+    except _ENCODE_ERRORS as exc:
+        for record in records:
+            try:
+                encode_record(record)
+            except _ENCODE_ERRORS as one:
+                raise InvalidRouteDataError(
+                    f"route {record.event.routespec!r} cannot be stored in the log: {one}; "
+                    "the batch was not appended"
+                ) from one
+        raise InvalidRouteDataError(f"batch cannot be stored in the log: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -170,7 +199,8 @@ class LocalRouteLog(RouteLog):
     """A log whose whole state lives in this process (memory and file backends).
 
     Subclasses persist through :meth:`_persist_batch` and :meth:`_persist_compaction`, both of
-    which must either complete or leave storage unchanged and raise.
+    which must either complete or leave storage unchanged and raise. Both encode what they store
+    through :func:`encode_or_refuse` first, so that every backend refuses the same records.
     """
 
     def __init__(self, url: str) -> None:

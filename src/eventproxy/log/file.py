@@ -49,7 +49,7 @@ from .._errors import CorruptLogError, LogError, LogLockedError, LogUnavailableE
 from .._gc import paused_gc
 from ..events import Record, packb, record_to_wire, records_from_wire, unpackb
 from ..snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
-from ._base import LocalRouteLog, map_os_errors
+from ._base import LocalRouteLog, encode_or_refuse, map_os_errors
 from ._framing import FILE_MAGIC, encode_frame, scan
 
 __all__ = ["FileRouteLog"]
@@ -303,7 +303,7 @@ class FileRouteLog(LocalRouteLog):
 
     async def _persist_batch(self, records: list[Record]) -> None:
         fd = self._check_writable()
-        frame = encode_frame(_batch_payload(records))
+        frame = encode_frame(encode_or_refuse(lambda: _batch_payload(records), records))
         await anyio.to_thread.run_sync(self._append_sync, fd, frame)
 
     def _append_sync(self, fd: int, frame: bytes) -> None:

@@ -12,9 +12,9 @@ import weakref
 from dataclasses import dataclass, field
 
 from .._errors import AppendConflictError
-from ..events import Record
+from ..events import Record, encode_record
 from ..snapshot import Snapshot
-from ._base import LocalRouteLog
+from ._base import LocalRouteLog, encode_or_refuse
 
 __all__ = ["MemoryRouteLog", "forget_memory_logs"]
 
@@ -60,6 +60,8 @@ class MemoryRouteLog(LocalRouteLog):
             self._version = store.version
 
     async def _persist_batch(self, records: list[Record]) -> None:
+        # refuse what a durable backend could not store, so memory:// tests see the same errors
+        encode_or_refuse(lambda: [encode_record(r) for r in records], records)
         store = self._store
         if store.head != records[0].seq - 1:
             raise AppendConflictError(f"{self.url}: another instance appended concurrently")
