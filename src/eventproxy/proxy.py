@@ -296,7 +296,9 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         await self._commit(event)
 
     async def delete_route(self, routespec: str) -> None:
-        spec = parse_routespec(routespec, host_routing=bool(self.host_routing))
+        # Whatever the current host-routing mode: a hub that turns host routing on (or off)
+        # deletes the routes of the other mode that its log still holds (check_routes).
+        spec = parse_routespec(routespec)
         await self._ensure_open()
         queued = [*self._pending.events, *(self._inflight.events if self._inflight else ())]
         pending = any(e.routespec == spec.raw for e in queued)
@@ -326,7 +328,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         return routes
 
     async def get_route(self, routespec: str) -> dict[str, Any] | None:
-        spec = parse_routespec(routespec, host_routing=bool(self.host_routing))
+        spec = parse_routespec(routespec)  # any mode, as delete_route; only adding checks it
         await self._ensure_open()
         entry = self._table.get(spec.raw)
         if entry is None:

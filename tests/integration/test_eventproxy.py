@@ -174,6 +174,56 @@ async def test_host_routing(backends: dict[str, str]) -> None:
         await proxy.stop()
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "old_spec", "new_spec"),
+    [
+        (False, True, "/user/alice/", "alice.example.org/user/alice/"),
+        (True, False, "alice.example.org/user/alice/", "/user/alice/"),
+    ],
+    ids=["host-routing-turned-on", "host-routing-turned-off"],
+)
+async def test_routes_of_the_other_mode_can_be_read_and_deleted(
+    tmp_path: Path,
+    backends: dict[str, str],
+    before: bool,
+    after: bool,
+    old_spec: str,
+    new_spec: str,
+) -> None:
+    """Only add_route checks the host-routing mode: a hub that switches modes finds the old
+    routes in its log, reads them and deletes them (JupyterHub's check_routes does)."""
+    url = f"file://{tmp_path}/routes.log"
+    proxy = make_proxy(url, host_routing=before)
+    await proxy.start()
+    await proxy.add_route("/", backends["hub"], {"hub": True})
+    await proxy.add_route(old_spec, backends["alice"], {"user": "alice"})
+    await proxy.stop()
+
+    proxy = make_proxy(url, host_routing=after)
+    await proxy.start()
+    try:
+        route = await proxy.get_route(old_spec)
+        assert route is not None and route["target"] == backends["alice"]
+        assert old_spec in await proxy.get_all_routes()
+        with pytest.raises(ValueError, match=r"host routing is (en|dis)abled"):
+            await proxy.add_route(old_spec, backends["alice"], {})  # adding checks the mode
+        await proxy.delete_route(old_spec)
+        assert await proxy.get_route(old_spec) is None
+        await proxy.delete_route(old_spec)  # still idempotent
+        await proxy.add_route(new_spec, backends["alice"], {"user": "alice"})
+        assert set(await proxy.get_all_routes()) == {"/", new_spec}
+        with pytest.raises(ValueError, match="dot segment"):
+            await proxy.delete_route("/user/../hub/")  # a bad routespec is still refused
+    finally:
+        await proxy.stop()
+    async with await open_log(url, readonly=True) as log:
+        records = await log.read()
+    assert [(r.event.kind, r.event.routespec) for r in records[-2:]] == [
+        ("route_removed", old_spec),
+        ("route_added", new_spec),
+    ]
+
+
 async def test_bad_input_is_refused_and_nothing_is_logged(tmp_path: Path) -> None:
     proxy = make_proxy(f"file://{tmp_path}/routes.log")
     await proxy.start()

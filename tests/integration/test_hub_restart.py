@@ -78,3 +78,56 @@ def test_routes_survive_sigkill_and_check_routes_changes_nothing(tmp_path: Path)
                 assert change not in output
         finally:
             hub.stop()
+
+
+def routes_in_log(workdir: Path) -> set[str]:
+    import io
+
+    out = io.StringIO()
+    log_url = f"file://{workdir}/eventproxy-routes.log"
+    assert cli(["replay", "--json", "--log-url", log_url], out=out) == 0
+    return set(json.loads(out.getvalue())["routes"])
+
+
+def test_a_hub_that_turns_on_host_routing_deletes_its_old_routes_and_starts(
+    tmp_path: Path,
+) -> None:
+    """A log written without host routing holds /user/... routes; the same hub restarted with
+    ``subdomain_host`` deletes them in check_routes (stale: another mode) and starts."""
+    with shared_backend() as backend_port:
+        hub = Hub(tmp_path, backend_port)
+        hub.start()
+        try:
+            hub.create_users(["alice"])
+            hub.start_server("alice")
+            wait_until(
+                lambda: bool(hub.users()[0]["servers"].get("", {}).get("ready")),
+                timeout=60,
+                what="alice's server ready",
+            )
+            wait_until(hub.is_running, timeout=30, what="hub fully started")
+            assert "/user/alice/" in routes_in_log(tmp_path)
+        finally:
+            hub.stop()
+
+        domain = "localhost.jovyan.org"
+        with (tmp_path / "jupyterhub_config.py").open("a") as config:
+            config.write(f'\nc.JupyterHub.subdomain_host = "http://{domain}:{hub.port}"\n')
+        try:
+            hub.start()
+            wait_until(hub.is_running, timeout=60, what="hub with host routing started")
+        except (TimeoutError, RuntimeError) as exc:
+            output = hub.child.output() if hub.child else ""
+            hub.stop()
+            raise AssertionError(f"{exc}; the hub's log ends with:\n{output[-3000:]}") from None
+        try:
+            output = hub.child.output() if hub.child else ""
+            assert "Deleting stale route /user/alice/" in output
+            routes = routes_in_log(tmp_path)
+            assert "/user/alice/" not in routes
+            assert f"alice.{domain}/user/alice/" in routes
+            with httpx.Client(timeout=10) as client:
+                r = client.get(f"{hub.url}/user/alice/api", headers={"Host": f"alice.{domain}"})
+                assert r.status_code == 200 and r.text == "backend /user/alice/api"
+        finally:
+            hub.stop()
