@@ -42,6 +42,20 @@ class LogUnavailableError(LogError):
     """The log's storage (a file system, an etcd cluster) could not be reached."""
 
 
+class LogAccessError(LogError):
+    """The log's storage refused our credentials (etcd user/password, client certificate)."""
+
+
+class LogResetError(LogError):
+    """The log's store was wiped or restored from an older backup: the history a reader had
+    followed (up to ``seen_head``) is no longer there (the log is now at ``head``)."""
+
+    def __init__(self, message: str, *, seen_head: int, head: int) -> None:
+        super().__init__(message)
+        self.seen_head = seen_head
+        self.head = head
+
+
 class CorruptLogError(LogError):
     """A stored record failed its integrity check or could not be decoded.
 

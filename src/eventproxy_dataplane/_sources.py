@@ -6,35 +6,33 @@ atomically. When the source cannot be read (file missing or unparsable, etcd unr
 callback gets the *last good* configuration again (an empty one if there never was one) with a
 problem that says what is wrong, and the source keeps trying -- the node never drops its routes
 because its source hiccupped. Nothing here blocks the event loop: file system calls run in a
-worker thread (``anyio.to_thread``), etcd is reached with httpx's async client.
+worker thread (``anyio.to_thread``), etcd is reached with the shared async client in ``etcd.py``.
 
 * ``watch_file`` polls ``(device, inode, size, mtime, ctime)`` every ``interval`` seconds, so an
   in-place rewrite and an atomic rename over the file are both seen. TOML (``.toml``), YAML
   (``.yaml``/``.yml``) and JSON (``.json``) are understood.
-* ``watch_etcd`` reads the prefix with ``POST /v3/kv/range`` (etcd's v3 JSON gateway), then
-  streams ``POST /v3/watch`` from the next revision. After a disconnect it resumes the watch
+* ``watch_etcd`` reads the prefix with :class:`~eventproxy_dataplane.etcd.EtcdClient` (etcd's
+  v3 JSON gateway), then watches it from the next revision. After a disconnect it resumes the watch
   from the last revision it applied, so no change is missed; if that revision was compacted
   away it reads the whole prefix again. Retries back off exponentially up to ``max_backoff``.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import os
 import tomllib
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import anyio
 import anyio.to_thread
-import httpx
 import yaml
 
 from ._config import ConfigProblem, DynamicConfig, config_from_kv, parse_dynamic_config
 from ._errors import ConfigSourceError
+from .etcd import EtcdClient, EtcdCompactedError, EtcdError, prefix_end
 
 __all__ = ["ConfigCallback", "load_config_file", "watch_etcd", "watch_file"]
 
@@ -135,22 +133,6 @@ async def watch_file(
 
 
 # -- etcd ---------------------------------------------------------------------------------------
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _range_end(prefix: bytes) -> bytes:
-    raw = bytearray(prefix)
-    while raw and raw[-1] == 0xFF:
-        raw.pop()
-    if not raw:
-        return b"\0"
-    raw[-1] += 1
-    return bytes(raw)
-
-
-class _Resync(Exception):
-    """The watch cannot resume (compacted, or cancelled by the server): read everything."""
 
 
 class _EtcdState:
@@ -167,81 +149,59 @@ class _EtcdState:
         return config, problems
 
 
-def _kv_text(kv: Mapping[str, Any], field: str) -> str:
-    return base64.b64decode(kv.get(field, "")).decode("utf-8", "replace")
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
-async def _read_all(client: httpx.AsyncClient, url: str, state: _EtcdState) -> None:
-    body = {"key": _b64(state.key_prefix), "range_end": _b64(_range_end(state.key_prefix))}
-    resp = await client.post(f"{url}/v3/kv/range", json=body)
-    resp.raise_for_status()
-    out = resp.json()
-    state.pairs = {_kv_text(kv, "key"): _kv_text(kv, "value") for kv in out.get("kvs", [])}
-    state.revision = int(out["header"]["revision"])
+async def _read_all(client: EtcdClient, state: _EtcdState) -> None:
+    result = await client.range_prefix(state.key_prefix)
+    state.pairs = {_text(kv.key): _text(kv.value) for kv in result.kvs}
+    state.revision = result.revision
 
 
 async def _follow(
-    client: httpx.AsyncClient,
-    url: str,
+    client: EtcdClient,
     state: _EtcdState,
     on_config: ConfigCallback,
     connected: Callable[[], None],
 ) -> None:
-    body = {
-        "create_request": {
-            "key": _b64(state.key_prefix),
-            "range_end": _b64(_range_end(state.key_prefix)),
-            "start_revision": state.revision + 1,
-        }
-    }
-    timeout = httpx.Timeout(5.0, read=None)
-    async with client.stream("POST", f"{url}/v3/watch", json=body, timeout=timeout) as resp:
-        resp.raise_for_status()
-        lines_gen = cast(AsyncGenerator[str, None], resp.aiter_lines())  # it is one
-        async with contextlib.aclosing(lines_gen) as lines:
-            async for line in lines:
-                if not line.strip():
-                    continue
-                message = json.loads(line)
-                if "error" in message:
-                    raise ConfigSourceError(f"watch failed: {message['error']}")
-                result = message.get("result", {})
-                if result.get("canceled") or int(result.get("compact_revision", 0) or 0):
-                    raise _Resync(result.get("cancel_reason") or "watch cancelled or compacted")
-                if result.get("created"):
-                    connected()
-                events = result.get("events") or []
-                if not events:
-                    continue
-                for event in events:
-                    kv = event.get("kv", {})
-                    key = _kv_text(kv, "key")
-                    if event.get("type") == "DELETE":
-                        state.pairs.pop(key, None)
-                    else:
-                        state.pairs[key] = _kv_text(kv, "value")
-                    state.revision = max(state.revision, int(kv.get("mod_revision", 0)))
-                on_config(*state.snapshot())
+    watch = client.watch(
+        state.key_prefix, prefix_end(state.key_prefix), start_revision=state.revision + 1
+    )
+    async with watch as stream:
+        connected()
+        async for batch in stream:
+            if not batch.events:
+                continue
+            for event in batch.events:
+                key = _text(event.kv.key)
+                if event.type == "DELETE":
+                    state.pairs.pop(key, None)
+                else:
+                    state.pairs[key] = _text(event.kv.value)
+            state.revision = max(state.revision, batch.revision)
+            on_config(*state.snapshot())
 
 
 async def watch_etcd(
-    url: str,
+    url: str | Sequence[str],
     prefix: str,
     on_config: ConfigCallback,
     *,
-    client: httpx.AsyncClient | None = None,
+    client: EtcdClient | None = None,
     min_backoff: float = 0.05,
     max_backoff: float = 5.0,
 ) -> NoReturn:
     """Deliver the configuration under ``prefix`` (traefik's rootKey) and every change to it.
 
-    ``url`` is one etcd client URL (``http://127.0.0.1:2379``); a ``client`` may be given for
-    TLS or authentication headers. Runs until cancelled; never raises on etcd failures.
+    ``url`` is one or more etcd client URLs (``http://127.0.0.1:2379``, comma-separated); a
+    ``client`` (:class:`~eventproxy_dataplane.etcd.EtcdClient`) may be given instead for TLS or
+    authentication. Runs until cancelled; never raises on etcd failures.
     """
-    url = url.rstrip("/")
-    state = _EtcdState(prefix)
     own = client is None
-    http = client or httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+    etcd = client or EtcdClient(url)
+    state = _EtcdState(prefix)
+    where = etcd.where
     delay = min_backoff
     need_full = True
 
@@ -253,23 +213,21 @@ async def watch_etcd(
         while True:
             try:
                 if need_full:
-                    await _read_all(http, url, state)
+                    await _read_all(etcd, state)
                     need_full = False
                     connected()
                     on_config(*state.snapshot())
-                await _follow(http, url, state, on_config, connected)
-                continue  # the server ended the stream cleanly: resume from our revision
-            except _Resync:
-                need_full = True
+                await _follow(etcd, state, on_config, connected)
+            except EtcdCompactedError:
+                need_full = True  # the revision we needed is gone: read everything again
                 continue
-            except (httpx.HTTPError, OSError, ValueError, KeyError, ConfigSourceError) as exc:
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except EtcdError as exc:
                 on_config(
                     state.last_good,
                     [
                         ConfigProblem(
-                            f"etcd {url} {state.root}/",
-                            f"etcd unreachable or failing ({reason}); keeping the last good "
+                            f"etcd {where} {state.root}/",
+                            f"etcd unreachable or failing ({exc}); keeping the last good "
                             f"configuration (revision {state.revision}); retrying in {delay:.2f}s",
                         )
                     ],
@@ -278,5 +236,4 @@ async def watch_etcd(
             delay = min(delay * 2, max_backoff)
     finally:
         if own:
-            with anyio.CancelScope(shield=True):
-                await http.aclose()
+            await etcd.aclose()

