@@ -22,11 +22,13 @@ from typing import Any, TextIO
 import anyio
 
 from eventproxy_dataplane.cli import parse_address
+from eventproxy_dataplane.etcd import EtcdOptions
 
 from ._errors import EventProxyError
 from .demo import add_demo_arguments, cmd_demo
 from .events import Record, RouteAdded
 from .log import RouteLog, open_log
+from .log.etcd import etcd_options_from_env
 from .routespec import validate_routespec
 from .table import RouteTable, fold_all
 
@@ -157,7 +159,7 @@ async def _records(log: RouteLog) -> tuple[RouteTable, list[Record]]:
 
 
 async def cmd_log(args: argparse.Namespace, out: TextIO) -> int:
-    log = await open_log(args.log_url, readonly=True)
+    log = await open_log(args.log_url, readonly=True, etcd=etcd_options(args))
     async with log:
         base, records = await _records(log)
     selected = [
@@ -183,7 +185,7 @@ async def cmd_log(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
-    log = await open_log(args.log_url, readonly=True)
+    log = await open_log(args.log_url, readonly=True, etcd=etcd_options(args))
     async with log:
         base, records = await _records(log)
     spec = args.routespec
@@ -219,7 +221,7 @@ async def cmd_audit(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
-    log = await open_log(args.log_url, readonly=True)
+    log = await open_log(args.log_url, readonly=True, etcd=etcd_options(args))
     async with log:
         if args.until is not None:
             base, records = await _records(log)
@@ -240,7 +242,7 @@ async def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
-    log = await open_log(args.log_url)
+    log = await open_log(args.log_url, etcd=etcd_options(args))
     async with log:
         result = await log.compact(retention=args.retention)
     if args.json:
@@ -277,6 +279,7 @@ async def cmd_dataplane(args: argparse.Namespace, out: TextIO) -> int:
                 args.listen,
                 admin=args.admin,
                 settings=settings,
+                etcd=etcd_options(args),
                 task_status=task_status,
             )
         )
@@ -287,6 +290,59 @@ async def cmd_dataplane(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"eventproxy dataplane: serving {args.log_url} on {', '.join(where)}\n")
         out.flush()
     return 0
+
+
+# -- etcd credentials --------------------------------------------------------------------------
+
+
+def add_etcd_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--etcd-*`` options for an etcd:// log; each falls back to ``$EVENTPROXY_ETCD_*``. The
+    password is only ever read from a file or the environment, never from the command line."""
+    group = parser.add_argument_group("etcd (for etcd:// and etcds:// log URLs)")
+    group.add_argument(
+        "--etcd-username", metavar="NAME", help="etcd user (default: $EVENTPROXY_ETCD_USERNAME)"
+    )
+    group.add_argument(
+        "--etcd-password-file",
+        metavar="FILE",
+        help="file holding the etcd password (default: $EVENTPROXY_ETCD_PASSWORD)",
+    )
+    group.add_argument(
+        "--etcd-ca-file", metavar="FILE", help="CA bundle (default: $EVENTPROXY_ETCD_CA_FILE)"
+    )
+    group.add_argument(
+        "--etcd-cert-file",
+        metavar="FILE",
+        help="client certificate (default: $EVENTPROXY_ETCD_CERT_FILE)",
+    )
+    group.add_argument(
+        "--etcd-key-file", metavar="FILE", help="client key (default: $EVENTPROXY_ETCD_KEY_FILE)"
+    )
+
+
+def etcd_options(args: argparse.Namespace) -> EtcdOptions:
+    """The etcd options of a command: its flags, else the environment."""
+    env = etcd_options_from_env()
+    password = env.password
+    password_file = getattr(args, "etcd_password_file", None)
+    if password_file:
+        try:
+            with open(password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise EventProxyError(
+                f"--etcd-password-file {password_file}: cannot read: {exc.strerror or exc}"
+            ) from None
+    try:
+        return EtcdOptions(
+            username=getattr(args, "etcd_username", None) or env.username,
+            password=password,
+            ca_file=getattr(args, "etcd_ca_file", None) or env.ca_file,
+            cert_file=getattr(args, "etcd_cert_file", None) or env.cert_file,
+            key_file=getattr(args, "etcd_key_file", None) or env.key_file,
+        )
+    except ValueError as exc:
+        raise EventProxyError(f"etcd options: {exc}") from None
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -310,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: $EVENTPROXY_LOG_URL or %(default)s)",
         )
         p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        add_etcd_arguments(p)
         p.set_defaults(func=func)
         return p
 

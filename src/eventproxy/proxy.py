@@ -34,11 +34,13 @@ from jupyterhub.utils import url_path_join
 from traitlets import Float, Unicode, default, validate
 
 from eventproxy_dataplane import DataPlane, DataPlaneError, ProxySettings, RoutingTable
+from eventproxy_dataplane.etcd import EtcdOptions
 
 from ._errors import EventProxyError, InvalidRouteDataError, VisibilityTimeoutError
 from ._gc import paused_gc
 from .events import Event, RouteAdded, RouteRemoved
 from .log import RouteLog, open_log
+from .log.etcd import etcd_options_from_env
 from .projection import PlaneProjection, plane_entry
 from .routespec import parse_routespec
 from .table import RouteEntry, RouteTable
@@ -94,6 +96,35 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         10.0, config=True, help="Seconds to connect to a single-user server."
     )
 
+    etcd_username = Unicode(
+        config=True, help="etcd user for an etcd:// log (default: $EVENTPROXY_ETCD_USERNAME)."
+    )
+    etcd_password = Unicode(
+        config=True,
+        help="""etcd password for an etcd:// log (default: $EVENTPROXY_ETCD_PASSWORD). Never put
+        it in log_url; it is never logged.""",
+    )
+    etcd_ca_file = Unicode(
+        config=True, help="CA bundle to verify etcd's members (default: $EVENTPROXY_ETCD_CA_FILE)."
+    )
+    etcd_cert_file = Unicode(
+        config=True, help="TLS client certificate for etcd (default: $EVENTPROXY_ETCD_CERT_FILE)."
+    )
+    etcd_key_file = Unicode(
+        config=True, help="TLS client key for etcd (default: $EVENTPROXY_ETCD_KEY_FILE)."
+    )
+
+    def _etcd_options(self) -> EtcdOptions:
+        env = etcd_options_from_env()
+        return EtcdOptions(
+            username=self.etcd_username or env.username,
+            password=self.etcd_password or env.password,
+            ca_file=self.etcd_ca_file or env.ca_file,
+            cert_file=self.etcd_cert_file or env.cert_file,
+            key_file=self.etcd_key_file or env.key_file,
+            timeout=min(self.visibility_timeout, 5.0),
+        )
+
     @default("actor")
     def _default_actor(self) -> str:
         return f"jupyterhub@{socket.gethostname()}:{os.getpid()}"
@@ -146,7 +177,7 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         async with self._open_lock:
             if self._log is None:
                 self._require_inprocess()
-                log = await open_log(self.log_url)
+                log = await open_log(self.log_url, etcd=self._etcd_options())
                 self._projection = PlaneProjection(None, await log.load_table(), log=self.log)
                 self._log = log
                 self.log.info(

@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 
 from eventproxy_dataplane import DataPlane, ProxySettings, RoutingTable
+from eventproxy_dataplane.etcd import EtcdOptions
 
 from ._errors import CompactedError
 from .log import open_log
@@ -29,10 +30,11 @@ async def follow_log(
     log_url: str,
     projection: PlaneProjection,
     *,
+    etcd: EtcdOptions | None = None,
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep ``projection`` equal to the log's fold until cancelled; ``started(seq)`` once loaded."""
-    async with await open_log(log_url, readonly=True) as log:
+    async with await open_log(log_url, readonly=True, etcd=etcd) as log:
         projection.reset(await log.load_table())
         logger.info(
             "following %s from seq %d (%d routes)", log_url, projection.seq, len(projection.table)
@@ -59,13 +61,16 @@ async def serve_log(
     *,
     admin: tuple[str, int] | None = None,
     settings: ProxySettings | None = None,
+    etcd: EtcdOptions | None = None,
     task_status: anyio.abc.TaskStatus[list[int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the routes of ``log_url`` on ``listen`` until cancelled; ``started(ports)``."""
     plane = DataPlane(RoutingTable(), settings or ProxySettings())
     projection = PlaneProjection(plane)
     async with anyio.create_task_group() as tg:
-        await tg.start(follow_log, log_url, projection)
+        await tg.start(
+            lambda task_status: follow_log(log_url, projection, etcd=etcd, task_status=task_status)
+        )
         ports = []
         for host, port in listen:
             ports.append(await tg.start(plane.serve_tcp, host, port))

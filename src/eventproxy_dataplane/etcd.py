@@ -479,7 +479,9 @@ class EtcdClient:
             self._raise_for(endpoint, "authenticate", message, write=False)
         token = str(doc.get("token") or "")
         if not token:
-            raise EtcdAuthError(f"etcd {endpoint}: authenticate returned no token", endpoint=endpoint)
+            raise EtcdAuthError(
+                f"etcd {endpoint}: authenticate returned no token", endpoint=endpoint
+            )
         self._tokens[endpoint] = token
         return token
 
@@ -579,7 +581,9 @@ class EtcdClient:
                 try:
                     headers = await self._headers(endpoint, renew=attempt > 0)
                     with _mapped(endpoint, what, sent_write=write):
-                        resp = await http.post(f"{endpoint}{path}", content=content, headers=headers)
+                        resp = await http.post(
+                            f"{endpoint}{path}", content=content, headers=headers
+                        )
                     doc = self._json(endpoint, resp)
                     if resp.status_code == 200:
                         self._current = (self._current + i) % len(self.endpoints)
@@ -761,7 +765,7 @@ class _LineStream:
                     context = await anyio.to_thread.run_sync(client._ssl_context)
                     with anyio.fail_after(timeout):
                         stream = await TLSStream.wrap(
-                            stream, server_hostname=host, ssl_context=context,
+                            stream, hostname=host, ssl_context=context,
                             standard_compatible=False,
                         )  # fmt: skip
                 conn = h11.Connection(h11.CLIENT)
@@ -775,9 +779,9 @@ class _LineStream:
                     ],
                 )
                 await stream.send(
-                    conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(
-                        h11.EndOfMessage()
-                    )
+                    conn.send(request)
+                    + conn.send(h11.Data(data=body))
+                    + conn.send(h11.EndOfMessage())
                 )
                 self = cls(stream, conn, endpoint)
                 with anyio.fail_after(timeout):
@@ -814,7 +818,12 @@ class _LineStream:
                 return event
             try:
                 data = await self._stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            except (
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                OSError,
+            ):
                 data = b""  # closed under us (the watch was closed): the stream ends
             self._conn.receive_data(data)
 
@@ -892,8 +901,10 @@ class EtcdWatch:
                         raise _Retry(endpoint, "the watch stream ended before it was created")
                     if first.get("canceled"):
                         reason = str(first.get("cancel_reason") or "")
-                        if "permission denied" in reason and attempt == 0 and (
-                            client.options.username
+                        if (
+                            "permission denied" in reason
+                            and attempt == 0
+                            and (client.options.username)
                         ):
                             await self._close()
                             continue  # a stale token: a watch says "permission denied"
@@ -975,9 +986,7 @@ class EtcdWatch:
             raise EtcdNoQuorumError(
                 f"etcd {endpoint}: watch: the member lost its leader ({reason})", endpoint=endpoint
             )
-        raise EtcdUnavailableError(
-            f"etcd {endpoint}: watch cancelled: {reason}", endpoint=endpoint
-        )
+        raise EtcdUnavailableError(f"etcd {endpoint}: watch cancelled: {reason}", endpoint=endpoint)
 
     def __aiter__(self) -> AsyncIterator[WatchBatch]:
         return self

@@ -28,9 +28,14 @@ async def test_memory_and_file_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("ftp://x/y", "unknown scheme 'ftp'"),
         ("file://otherhost/x.log", "not a host"),
         ("file:///x.log?mode=1", "query"),
-        ("etcd://127.0.0.1:2379/eventproxy", "etcd backend is not available"),
+        ("etcd://u:secret@127.0.0.1:2379/p", "credentials never go in the URL"),
+        ("etcd:///p", "names no etcd endpoint"),
+        ("etcd://127.0.0.1:2379/a//b", "empty segments"),
+        ("etcd://127.0.0.1:2379/p?x=1", "query"),
+        ("etcd://127.0.0.1:notaport/p", "bad port"),
     ],
 )
 async def test_bad_urls(url: str, match: str) -> None:
-    with pytest.raises(InvalidLogURLError, match=match):
+    with pytest.raises(InvalidLogURLError, match=match) as info:
         await open_log(url)
+    assert "secret" not in str(info.value)

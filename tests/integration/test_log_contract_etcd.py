@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from core.test_log_contract import *  # noqa: F403 - the shared contract, collected here again
 
+from core.test_log_contract import *  # noqa: F403 - the shared contract, collected here again
 from eventproxy import RouteLog, open_log
 from support.etcd import Etcd, require_etcd, running_etcd
 

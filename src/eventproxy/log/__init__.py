@@ -53,8 +53,8 @@ async def open_log(
     ``EVENTPROXY_ETCD_*`` environment variables); credentials never go in the URL."""
     if not isinstance(url, str) or ("://" not in url and not url.startswith("file:")):
         raise InvalidLogURLError(
-            f"log URL {redact_url(str(url))!r} must look like memory://, file:///path/routes.log or "
-            "etcd://host:2379/prefix"
+            f"log URL {redact_url(str(url))!r} must look like memory://, "
+            "file:///path/routes.log or etcd://host:2379/prefix"
         )
     scheme = url.split(":", 1)[0].lower()
     if scheme == "memory":

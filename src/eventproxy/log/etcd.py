@@ -376,9 +376,7 @@ class EtcdRouteLog(RouteLog):
         except (ValueError, KeyError, TypeError, msgpack.ExtraData, msgpack.FormatError):
             raise CorruptLogError(f"{self.url}: the snapshot key is not valid") from None
 
-    async def _collect(
-        self, from_seq: int, limit: int | None
-    ) -> tuple[list[Record], _View]:
+    async def _collect(self, from_seq: int, limit: int | None) -> tuple[list[Record], _View]:
         """Records from ``from_seq`` (at most ``limit``) at one revision, and the first view."""
         from_seq = max(from_seq, 1)
         for _ in range(10):  # a chunked batch compacted away mid-read: read again
@@ -388,9 +386,7 @@ class EtcdRouteLog(RouteLog):
                 continue
         raise LogUnavailableError(f"route log {self.url}: read kept racing with compactions")
 
-    async def _collect_once(
-        self, from_seq: int, limit: int | None
-    ) -> tuple[list[Record], _View]:
+    async def _collect_once(self, from_seq: int, limit: int | None) -> tuple[list[Record], _View]:
         page = _PAGE
         view = first = await self._view(from_seq, limit=page)
         snap_seq = self._snap_seq(view.snap)
@@ -527,8 +523,7 @@ class EtcdRouteLog(RouteLog):
                 return [r.seq for r in records]
             if expected_head is not None:
                 raise AppendConflictError(
-                    f"{self.url}: expected head {expected_head}, but another writer appended "
-                    "first"
+                    f"{self.url}: expected head {expected_head}, but another writer appended first"
                 )
         raise AppendConflictError(
             f"{self.url}: gave up appending after {_MAX_ATTEMPTS} conflicts with other writers"
@@ -548,7 +543,10 @@ class EtcdRouteLog(RouteLog):
         value = packb(doc)
         log_id = head.log_id or uuid.uuid4().hex
         batch_key = self._batch_key(last)
-        ops = [put_op(batch_key, value), put_op(self._head_key, packb({"seq": last, "log": log_id}))]
+        ops = [
+            put_op(batch_key, value),
+            put_op(self._head_key, packb({"seq": last, "log": log_id})),
+        ]
         try:
             with _mapped(self.url, f"append seqs {first}..{last}"):
                 try:
@@ -747,9 +745,7 @@ class _EtcdWatch(AsyncIterator[Record]):
                 if event.type == "DELETE":
                     log.identity.check(log.url, "", batch.revision, _Head(0, "", 0))
                 else:
-                    log.identity.check(
-                        log.url, "", batch.revision, _Head.decode(event.kv, log.url)
-                    )
+                    log.identity.check(log.url, "", batch.revision, _Head.decode(event.kv, log.url))
             elif key.startswith(log._batches) and event.type == "PUT":
                 try:
                     records = await log._decode_batch(event.kv, event.kv.mod_revision)
@@ -771,7 +767,9 @@ class _EtcdWatch(AsyncIterator[Record]):
         self._revision = max(view.revision, self._revision)
         records.reverse()
         self._buffer = records
-        watch = log.client.watch(log.prefix, prefix_end(log.prefix), start_revision=view.revision + 1)
+        watch = log.client.watch(
+            log.prefix, prefix_end(log.prefix), start_revision=view.revision + 1
+        )
         with _mapped(log.url, "watch"):
             self._stream = await watch.__aenter__()
         log._streams.add(self._stream)
@@ -790,7 +788,9 @@ class _EtcdWatch(AsyncIterator[Record]):
         delay = min(0.05 * 2 ** min(self._failures, 7), 5.0)
         reason = str(exc)
         self._report(False, reason)
-        level = logging.WARNING if self._failures <= 3 or self._failures % 20 == 0 else logging.DEBUG
+        level = (
+            logging.WARNING if self._failures <= 3 or self._failures % 20 == 0 else logging.DEBUG
+        )
         logger.log(
             level,
             "%s: cannot follow etcd (attempt %d): %s; retrying in %.2fs",
