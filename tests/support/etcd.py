@@ -137,4 +137,3 @@ def running_etcd(workdir: Path) -> Iterator[Etcd]:
         yield etcd
     finally:
         etcd.stop()
-
