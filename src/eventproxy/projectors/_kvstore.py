@@ -1,9 +1,9 @@
 """The two etcd calls the KV projector needs (read a prefix, one compare-and-write
 transaction), as a tiny interface, with an adapter over etcd's v3 JSON gateway.
 
-The interface is all the projector knows of etcd, so the adapter can be swapped for the shared
-etcd client module when it lands (ARCHITECTURE.md: one etcd client for both packages). Transport
-failures are translated to :class:`ProjectionError` here; callers never see httpx's errors.
+The interface is all the projector knows of etcd; the adapter sits on the shared etcd client
+(``eventproxy_dataplane.etcd``: one etcd client for both packages). Its errors (which name the
+endpoint and what failed) are translated to :class:`ProjectionError` here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-import httpx
+from eventproxy_dataplane.etcd import (
+    EtcdClient,
+    EtcdError,
+    compare_version,
+    delete_op,
+    put_op,
+    range_op,
+)
+from eventproxy_dataplane.etcd import prefix_end as etcd_prefix_end
 
 from ._port import ProjectionError
 
@@ -39,50 +47,33 @@ class KVStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _b64(text: str | bytes) -> str:
-    raw = text.encode("utf-8") if isinstance(text, str) else text
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _text(value: str) -> str:
-    return base64.b64decode(value).decode("utf-8", "replace")
-
-
 def prefix_end(prefix: str) -> bytes:
     """etcd's range end for "every key starting with ``prefix``"."""
-    raw = bytearray(prefix.encode("utf-8"))
-    while raw and raw[-1] == 0xFF:
-        raw.pop()
-    if not raw:
-        return b"\0"
-    raw[-1] += 1
-    return bytes(raw)
+    return etcd_prefix_end(prefix.encode("utf-8"))
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 class GatewayKV:
-    """:class:`KVStore` over etcd's v3 JSON gateway (``/v3/kv/range``, ``/v3/kv/txn``)."""
+    """:class:`KVStore` over the shared etcd client (:mod:`eventproxy_dataplane.etcd`).
 
-    def __init__(self, url: str, *, client: httpx.AsyncClient | None = None) -> None:
-        self.url = url.rstrip("/")
+    ``url`` is one or more etcd endpoints (``http://h1:2379,http://h2:2379``); a ``client`` may
+    be given instead, for credentials and TLS.
+    """
+
+    def __init__(self, url: str = "", *, client: EtcdClient | None = None) -> None:
         self._own = client is None
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
-
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            resp = await self._client.post(self.url + path, json=body)
-        except httpx.HTTPError as exc:
-            raise ProjectionError(f"etcd {self.url}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code != 200:
-            raise ProjectionError(
-                f"etcd {self.url}{path}: HTTP {resp.status_code}: {resp.text[:300]}"
-            )
-        out: dict[str, Any] = resp.json()
-        return out
+        self._client = client or EtcdClient(url)
+        self.url = self._client.where
 
     async def get_prefix(self, prefix: str) -> dict[str, str]:
-        body = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
-        out = await self._post("/v3/kv/range", body)
-        return {_text(kv["key"]): _text(kv.get("value", "")) for kv in out.get("kvs", [])}
+        try:
+            result = await self._client.range_prefix(prefix.encode("utf-8"))
+        except EtcdError as exc:
+            raise ProjectionError(str(exc)) from None
+        return {_text(kv.key): _text(kv.value) for kv in result.kvs}
 
     async def txn(
         self,
@@ -92,37 +83,30 @@ class GatewayKV:
         delete_keys: Sequence[str] = (),
         delete_prefixes: Sequence[str] = (),
     ) -> tuple[bool, str | None]:
+        key = compare_key.encode("utf-8")
+        compare: dict[str, Any]
         if expect is None:
-            compare = {
-                "key": _b64(compare_key),
-                "target": "CREATE",
-                "result": "EQUAL",
-                "create_revision": "0",
-            }
+            compare = compare_version(key, 0)
         else:
             compare = {
-                "key": _b64(compare_key),
+                "key": base64.b64encode(key).decode("ascii"),
                 "target": "VALUE",
                 "result": "EQUAL",
-                "value": _b64(expect),
+                "value": base64.b64encode(expect.encode("utf-8")).decode("ascii"),
             }
         success: list[dict[str, Any]] = [
-            {"request_delete_range": {"key": _b64(p), "range_end": _b64(prefix_end(p))}}
-            for p in delete_prefixes
+            delete_op(p.encode("utf-8"), prefix_end(p)) for p in delete_prefixes
         ]
-        success += [{"request_delete_range": {"key": _b64(k)}} for k in delete_keys]
-        success += [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts.items()]
-        failure = [{"request_range": {"key": _b64(compare_key)}}]
-        out = await self._post(
-            "/v3/kv/txn", {"compare": [compare], "success": success, "failure": failure}
-        )
-        if out.get("succeeded"):
+        success += [delete_op(k.encode("utf-8")) for k in delete_keys]
+        success += [put_op(k.encode("utf-8"), v.encode("utf-8")) for k, v in puts.items()]
+        try:
+            result = await self._client.txn([compare], success, [range_op(key)])
+        except EtcdError as exc:
+            raise ProjectionError(str(exc)) from None
+        if result.succeeded:
             return True, None
-        for response in out.get("responses", []):
-            kvs = response.get("response_range", {}).get("kvs", [])
-            if kvs:
-                return False, _text(kvs[0].get("value", ""))
-        return False, None
+        kvs = result.range_kvs(0) if result.responses else []
+        return False, (_text(kvs[0].value) if kvs else None)
 
     async def aclose(self) -> None:
         if self._own:
