@@ -1,0 +1,262 @@
+"""``data_plane = "traefik"``: the projection, the traefik replicas, visibility and activity.
+
+EventProxy folds the log as always; this module keeps traefik's view of it: a projector (the
+file projector for the file provider, the KV projector for traefik's etcd provider), the
+replicas' APIs to confirm each change on (:mod:`.visibility`), traefik's metrics for
+``last_activity`` (:mod:`.traefik_activity`), and -- with ``should_start`` -- the traefik
+process itself (:mod:`.supervise`).
+
+* ``open()`` sets up the projector and the APIs and re-projects the current table;
+* ``start()`` (``should_start`` only) writes traefik's configuration into a private directory
+  and starts traefik, waiting until its API answers;
+* ``project(records, table)`` applies the records just appended (or re-projects the table
+  when the projection is not exactly one batch behind, e.g. after a failed write);
+* ``confirm(seq, timeout)`` returns once the replicas route ``seq``;
+* a background task scrapes each replica's metrics every ``activity_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import tomli_w
+
+from ._errors import EventProxyError
+from .events import Record
+from .projectors import (
+    GatewayKV,
+    Limits,
+    Projector,
+    TraefikFileProjector,
+    TraefikKVProjector,
+)
+from .projectors.file import atomic_write
+from .supervise import (
+    TraefikError,
+    TraefikLayout,
+    TraefikProcess,
+    api_dynamic_config,
+    find_traefik,
+    random_token,
+    static_config,
+)
+from .table import RouteTable
+from .traefik_activity import ActivityTracker, router_request_totals
+from .traefik_api import TraefikAPI, TraefikAPIError
+from .visibility import TraefikVisibility
+
+__all__ = ["TraefikPlane", "TraefikSettings"]
+
+Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+@dataclass
+class TraefikSettings:
+    public_url: str
+    log_url: str
+    should_start: bool
+    api_urls: list[str] = field(default_factory=list)
+    api_username: str = ""
+    api_password: str = ""
+    require_all: bool = True
+    provider: str = ""  # "file" | "etcd"; "" = from the log URL
+    dynamic_file: str = ""  # the file projection (should_start=False, file provider)
+    etcd_url: str = ""  # the etcd the KV projection goes to ("" = the log's etcd)
+    root_key: str = "traefik"
+    max_txn_ops: int = 128
+    traefik_bin: str = ""
+    ssl_cert: str = ""
+    ssl_key: str = ""
+    activity_interval: float = 10.0
+    start_timeout: float = 30.0
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _etcd_from_log_url(log_url: str) -> str:
+    parts = urlsplit(log_url)
+    first = parts.netloc.split(",")[0]
+    scheme = "https" if parts.scheme == "etcds" else "http"
+    return f"{scheme}://{first}"
+
+
+class TraefikPlane:
+    def __init__(self, settings: TraefikSettings, log: Log) -> None:
+        self.settings = settings
+        self._log = log
+        scheme = settings.log_url.split(":", 1)[0].lower()
+        self.provider = settings.provider or ("etcd" if scheme in ("etcd", "etcds") else "file")
+        if self.provider not in ("file", "etcd"):
+            raise EventProxyError(
+                f"EventProxy.traefik_provider must be 'file' or 'etcd', not {self.provider!r}"
+            )
+        self.layout: TraefikLayout | None = None
+        self._api_port = 0
+        if settings.should_start:
+            self.layout = TraefikLayout(Path(tempfile.mkdtemp(prefix="eventproxy-traefik-")))
+            self._api_port = _free_loopback_port()
+            self.api_username = "eventproxy"
+            self.api_password = random_token()
+            self.api_urls = [f"http://127.0.0.1:{self._api_port}"]
+        else:
+            if not settings.api_urls:
+                raise EventProxyError(
+                    "EventProxy.data_plane = 'traefik' with should_start = False needs "
+                    "EventProxy.traefik_api_urls (the API URL of every traefik replica)"
+                )
+            self.api_username = settings.api_username
+            self.api_password = settings.api_password
+            self.api_urls = list(settings.api_urls)
+        self.projector: Projector = self._make_projector()
+        self.apis = [
+            TraefikAPI(u, username=self.api_username, password=self.api_password)
+            for u in self.api_urls
+        ]
+        nudge = self.projector.nudge if isinstance(self.projector, TraefikFileProjector) else None
+        self.visibility = TraefikVisibility(
+            self.apis, self.provider, require_all=settings.require_all, nudge=nudge, log=log
+        )
+        self.activity = ActivityTracker()
+        self.process: TraefikProcess | None = None
+        self._scraper: asyncio.Task[None] | None = None
+        self._died: int | None = None
+
+    def _make_projector(self) -> Projector:
+        s = self.settings
+        if self.provider == "etcd":
+            url = s.etcd_url or (
+                _etcd_from_log_url(s.log_url) if s.log_url.startswith("etcd") else ""
+            )
+            if not url:
+                raise EventProxyError(
+                    "EventProxy.traefik_provider = 'etcd' needs EventProxy.traefik_etcd_url "
+                    "(or an etcd:// log URL)"
+                )
+            return TraefikKVProjector(
+                GatewayKV(url), s.root_key, limits=Limits(max_ops=s.max_txn_ops), log=self._log
+            )
+        if self.layout is not None:
+            path = self.layout.routes_path
+        elif s.dynamic_file:
+            path = Path(s.dynamic_file)
+        else:
+            raise EventProxyError(
+                "EventProxy.data_plane = 'traefik' with the file provider and should_start = "
+                "False needs EventProxy.traefik_dynamic_file (the file the replicas watch)"
+            )
+        return TraefikFileProjector(path)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self, table: RouteTable) -> None:
+        """Re-project ``table`` (a restart resumes: only differences are written)."""
+        if self.layout is not None:
+            self.layout.dynamic_dir.mkdir(parents=True, exist_ok=True)
+        await self.projector.reset(table)
+
+    async def start(self) -> None:
+        """Write traefik's configuration and start it (``should_start`` only)."""
+        s = self.settings
+        assert self.layout is not None
+        executable = find_traefik(s.traefik_bin)
+        self.layout.dynamic_dir.mkdir(parents=True, exist_ok=True)
+        api_doc = api_dynamic_config(
+            self.api_username, self.api_password, ssl_cert=s.ssl_cert, ssl_key=s.ssl_key
+        )
+        atomic_write(self.layout.api_path, tomli_w.dumps(api_doc).encode())
+        etcd = None
+        if isinstance(self.projector, TraefikKVProjector):
+            netloc = urlsplit(self.projector.kv.url).netloc  # type: ignore[attr-defined]
+            etcd = [netloc]
+        static = static_config(
+            public_url=s.public_url,
+            api_port=self._api_port,
+            layout=self.layout,
+            etcd_endpoints=etcd,
+            etcd_root=s.root_key,
+        )
+        atomic_write(self.layout.static_path, tomli_w.dumps(static).encode())
+        self.process = TraefikProcess(executable, self.layout.static_path, self._log, on_exit=self._exited)
+        await self.process.start()
+        deadline = time.monotonic() + s.start_timeout
+        while not await self.apis[0].ping():
+            if self._died is not None:
+                raise TraefikError(f"traefik exited with code {self._died} while starting (see the log above)")
+            if time.monotonic() > deadline:
+                await self.process.stop()
+                raise TraefikError(f"traefik's API did not answer within {s.start_timeout}s")
+            await asyncio.sleep(0.02)
+        self._log.info("eventproxy: traefik serves %s; its API is on %s", s.public_url, self.api_urls[0])
+
+    def _exited(self, code: int) -> None:
+        self._died = code
+
+    def start_scraping(self) -> None:
+        if self._scraper is None and self.settings.activity_interval > 0:
+            self._scraper = asyncio.get_running_loop().create_task(
+                self._scrape_forever(), name="eventproxy-traefik-metrics"
+            )
+
+    async def _scrape_forever(self) -> None:
+        first = True
+        while True:
+            await self.scrape(baseline=first and not self.settings.should_start)
+            first = False
+            await asyncio.sleep(self.settings.activity_interval)
+
+    async def scrape(self, *, baseline: bool = False) -> None:
+        """Read every replica's router counters once (errors are logged, never raised)."""
+        for api in self.apis:
+            try:
+                text = await api.metrics()
+            except TraefikAPIError as exc:
+                self._log.debug("eventproxy: no metrics from %s: %s", api.url, exc)
+                continue
+            self.activity.observe(api.url, router_request_totals(text), datetime.now(UTC), baseline=baseline)
+
+    async def stop(self) -> None:
+        if self._scraper is not None:
+            self._scraper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scraper
+            self._scraper = None
+        if self.process is not None:
+            await self.process.stop()
+            self.process = None
+        for api in self.apis:
+            await api.aclose()
+        kv = getattr(self.projector, "kv", None)
+        if kv is not None:
+            await kv.aclose()
+        if self.layout is not None:
+            shutil.rmtree(self.layout.directory, ignore_errors=True)
+
+    # -- changes -----------------------------------------------------------------------------
+    async def project(self, records: Sequence[Record], table: RouteTable) -> None:
+        p = self.projector
+        if records and records[0].seq == p.seq + 1 and records[-1].seq == table.seq:
+            await p.apply(records)
+        elif p.seq != table.seq:
+            await p.reset(table)
+
+    async def confirm(self, seq: int, timeout: float) -> list[str]:
+        if self._died is not None and self.settings.should_start:
+            raise TraefikError(f"traefik exited with code {self._died}; routes are not served")
+        return await self.visibility.wait(seq, timeout)
+
+    def last_activity(self) -> dict[str, datetime]:
+        return self.activity.last_activity
