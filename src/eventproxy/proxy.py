@@ -45,6 +45,7 @@ from .projection import PlaneProjection, plane_entry
 from .routespec import parse_routespec
 from .table import RouteEntry, RouteTable
 from .traefik import name_for, routespec_from_name
+from .traefik_plane import TraefikConfig, TraefikPlane
 
 __all__ = ["EventProxy"]
 
@@ -58,14 +59,15 @@ def _iso(ts: datetime) -> str:
 class _Pending:
     """Events waiting for the next group commit, with the futures of their callers."""
 
-    __slots__ = ("events", "waiters")
+    __slots__ = ("events", "since", "waiters")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.waiters: list[asyncio.Future[None]] = []
+        self.since = 0.0  # loop time of the first event: the callers' deadlines start here
 
 
-class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
+class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is untyped
     """A JupyterHub proxy whose routing table is an event log (memory, file or etcd)."""
 
     log_url = Unicode(
@@ -159,14 +161,15 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         self._pending = _Pending()
         self._inflight: _Pending | None = None
         self._flush_task: asyncio.Task[None] | None = None
+        self._traefik: TraefikPlane | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def _require_inprocess(self) -> None:
-        if self.data_plane != "inprocess":
+        if self.data_plane not in ("inprocess", "traefik"):
             raise EventProxyError(
                 f"EventProxy.data_plane = {self.data_plane!r} is not available in this version "
-                "of eventproxy; use the default, 'inprocess'"
+                "of eventproxy; use 'inprocess' (the default) or 'traefik'"
             )
 
     async def _ensure_open(self) -> RouteLog:
@@ -179,6 +182,8 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
                 self._require_inprocess()
                 log = await open_log(self.log_url, etcd=self._etcd_options())
                 self._projection = PlaneProjection(None, await log.load_table(), log=self.log)
+                if self.data_plane == "traefik":
+                    await self._open_traefik(log)
                 self._log = log
                 self.log.info(
                     "eventproxy: route log %s at seq %d with %d route(s)",
@@ -195,10 +200,38 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         context.load_cert_chain(self.ssl_cert, self.ssl_key)
         return context
 
+    async def _open_traefik(self, log: RouteLog) -> None:
+        plane = TraefikPlane(
+            self.traefik_settings(
+                public_url=self.public_url,
+                log_url=self.log_url,
+                should_start=bool(self.should_start),
+                ssl_cert=self.ssl_cert,
+                ssl_key=self.ssl_key,
+            ),
+            self.log,
+        )
+        try:
+            await plane.open(self._table)
+        except BaseException:
+            await plane.stop()
+            await log.aclose()
+            raise
+        self._traefik = plane
+        if not self.should_start:
+            plane.start_scraping()
+
     async def start(self) -> None:
-        """Open the log and start serving the public URL with the in-process data plane."""
+        """Open the log and start serving the public URL with the in-process data plane (or
+        start traefik, with ``data_plane = "traefik"``)."""
         self._require_inprocess()
         await self._ensure_open()
+        if self._traefik is not None:
+            if self._traefik.process is None:
+                await self._traefik.start()
+                await self._traefik.confirm(self._table.seq, self.visibility_timeout)
+                self._traefik.start_scraping()
+            return
         if self._serve_task is not None:
             return
         settings = ProxySettings(
@@ -266,6 +299,9 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         if self._flush_task is not None:  # let queued route changes finish before closing
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._flush_task), self.visibility_timeout)
+        traefik, self._traefik = self._traefik, None
+        if traefik is not None:
+            await traefik.stop()
         log, self._log = self._log, None
         if log is not None:
             await log.aclose()
@@ -277,12 +313,16 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         """Append ``event`` (group-committed with concurrent callers) and wait until visible."""
         await self._ensure_open()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._pending.events:
+            self._pending.since = asyncio.get_running_loop().time()
         self._pending.events.append(event)
         self._pending.waiters.append(waiter)
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         try:
             await asyncio.wait_for(asyncio.shield(waiter), self.visibility_timeout)
+        except VisibilityTimeoutError:
+            raise  # the data plane's own, more precise message (which replicas, what seq)
         except TimeoutError:
             raise VisibilityTimeoutError(
                 f"route change for {event.routespec!r} was not confirmed durable and visible "
@@ -297,7 +337,19 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
                 try:
                     assert self._log is not None
                     await self._log.append(batch.events, actor=self.actor)
-                    self._projection.apply(await self._log.read(self._projection.seq + 1))
+                    records = await self._log.read(self._projection.seq + 1)
+                    self._projection.apply(records)
+                    if self._traefik is not None:
+                        await self._traefik.project(records, self._table)
+                        # end before the callers' deadline, so that the error naming the
+                        # replicas reaches them (not a bare timeout)
+                        left = (
+                            batch.since
+                            + self.visibility_timeout
+                            - asyncio.get_running_loop().time()
+                        )
+                        margin = min(0.25, self.visibility_timeout / 10)
+                        await self._traefik.confirm(self._table.seq, max(0.05, left - margin))
                 except Exception as exc:
                     for waiter in batch.waiters:
                         if not waiter.done():
@@ -338,6 +390,8 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         await self._commit(RouteRemoved(spec.raw))
 
     def _activity(self) -> dict[str, str]:
+        if self._traefik is not None:
+            return {spec: _iso(ts) for spec, ts in self._traefik.last_activity().items()}
         if self._plane is None:
             return {}
         activity = {}
@@ -365,7 +419,10 @@ class EventProxy(Proxy):  # type: ignore[misc]  # JupyterHub is untyped
         if entry is None:
             return None
         route = entry.as_jupyterhub()
-        last = self._plane.activity().get(name_for(spec.raw)) if self._plane else None
+        if self._traefik is not None:
+            last = self._traefik.last_activity().get(spec.raw)
+        else:
+            last = self._plane.activity().get(name_for(spec.raw)) if self._plane else None
         if last is not None:
             route["data"]["last_activity"] = _iso(last)
         return route

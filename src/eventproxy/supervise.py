@@ -71,7 +71,9 @@ def find_traefik(explicit: str = "") -> str:
     else ``traefik`` on PATH."""
     if explicit:
         if not os.access(explicit, os.X_OK):
-            raise TraefikError(f"traefik executable {explicit!r} does not exist or is not executable")
+            raise TraefikError(
+                f"traefik executable {explicit!r} does not exist or is not executable"
+            )
         return explicit
     beside = Path(sys.executable).parent / "traefik"
     if beside.exists():
@@ -198,7 +200,9 @@ def api_dynamic_config(
     }
     if ssl_cert and ssl_key:
         doc["tls"] = {
-            "stores": {"default": {"defaultCertificate": {"certFile": ssl_cert, "keyFile": ssl_key}}}
+            "stores": {
+                "default": {"defaultCertificate": {"certFile": ssl_cert, "keyFile": ssl_key}}
+            }
         }
     return doc
 
@@ -246,7 +250,9 @@ class TraefikProcess:
             )
         except OSError as exc:
             raise TraefikError(f"cannot start {self.executable}: {exc.strerror or exc}") from None
-        self._log.info("eventproxy: started traefik (pid %d) with %s", self._proc.pid, self.static_path)
+        self._log.info(
+            "eventproxy: started traefik (pid %d) with %s", self._proc.pid, self.static_path
+        )
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._forward_output(), name="eventproxy-traefik-output"),
@@ -271,12 +277,14 @@ class TraefikProcess:
         code = await proc.wait()
         if self._stopping:
             return
-        self._log.error("eventproxy: traefik (pid %d) exited unexpectedly with code %s", proc.pid, code)
+        self._log.error(
+            "eventproxy: traefik (pid %d) exited unexpectedly with code %s", proc.pid, code
+        )
         if self._on_exit is not None:
             self._on_exit(code)
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM by PID (its own process group), SIGKILL after ``timeout``."""
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM by PID (its own process group), SIGKILL after ``grace`` seconds."""
         proc = self._proc
         if proc is None:
             return
@@ -285,7 +293,7 @@ class TraefikProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)

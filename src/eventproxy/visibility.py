@@ -100,18 +100,20 @@ class TraefikVisibility:
             self.nudges += 1
             self._log.warning(
                 "eventproxy: traefik has not loaded seq %d after %.1fs; rewriting its file",
-                seq, self.nudge_after,
+                seq,
+                self.nudge_after,
             )
             await self.nudge()
 
-    async def wait(self, seq: int, timeout: float) -> list[str]:
+    async def wait(self, seq: int, within: float) -> list[str]:
         """Return once the replicas route ``seq`` (see the module docstring); the warnings
         (replicas left out) are returned, and logged."""
         now = time.monotonic()
-        deadline = now + timeout
+        deadline = now + within
         skip_down = not self.require_all
-        targets = [r for r in self.replicas if r.seq < seq and not (skip_down and r.down_until > now)]
-        skipped = [r for r in self.replicas if skip_down and r.down_until > now]
+        targets = [
+            r for r in self.replicas if r.seq < seq and not (skip_down and r.down_until > now)
+        ]
         if targets:
             async with anyio.create_task_group() as tg:
                 if self.nudge is not None:
@@ -127,9 +129,12 @@ class TraefikVisibility:
         if self.require_all or len(missing) == len(self.replicas):
             raise VisibilityTimeoutError(
                 f"seq {seq} is durable but not routed by every traefik replica within "
-                f"{timeout:.1f}s: {names}"
+                f"{within:.1f}s: {names}"
             )
-        _ = skipped
-        warning = f"seq {seq} is routed by {len(self.replicas) - len(missing)} of {len(self.replicas)} traefik replicas; not by {names}"
+        routed = len(self.replicas) - len(missing)
+        warning = (
+            f"seq {seq} is routed by {routed} of {len(self.replicas)} traefik replicas; "
+            f"not by {names}"
+        )
         self._log.warning("eventproxy: %s", warning)
         return [warning]

