@@ -105,5 +105,5 @@ class PlaneProjection:
 
     def _push(self, upserts: list[tuple[RouterSpec, ServiceSpec]], removals: list[str]) -> None:
         assert self.plane is not None
-        for problem in self.plane.table.apply(upserts, removals):
+        for problem in self.plane.apply(upserts, removals):
             self._log.error("data plane refused a route: %s: %s", problem.where, problem.message)

@@ -8,7 +8,7 @@ only taken when the router's last recording is older than ``interval`` seconds.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 
@@ -33,8 +33,12 @@ class Activity:
         """A copy: router name -> last recorded activity."""
         return dict(self._last)
 
-    def forget(self, keep: set[str] | frozenset[str]) -> None:
-        """Drop routers that are not in ``keep`` (after a configuration swap)."""
-        for name in [n for n in self._last if n not in keep]:
-            del self._last[name]
-            self._next.pop(name, None)
+    def forget(self, routers: Iterable[str]) -> None:
+        """Drop what is known of ``routers`` (removed, or now sending to another server)."""
+        last, following = self._last, self._next
+        for name in routers:
+            last.pop(name, None)
+            following.pop(name, None)
+
+    def __len__(self) -> int:
+        return len(self._next)

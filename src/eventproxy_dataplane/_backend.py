@@ -3,17 +3,39 @@
 Theory of operation: a :class:`BackendConnection` is an anyio byte stream plus an
 ``h11.Connection(CLIENT)``. Every transport or protocol failure is translated into a
 :class:`BackendError` subclass here, so the proxy never sees a raw ``OSError`` or an anyio
-exception. The :class:`BackendPool` keeps, per server URL, a bounded LIFO stack of idle
-connections whose last exchange ended cleanly (both h11 sides ``DONE``); a connection idle for
-longer than ``pool_idle_timeout`` is closed instead of reused. A reused connection may have been
-closed by the backend while it sat idle: the proxy retries such a request once on a fresh
-connection when nothing of the response had arrived and the whole request was still in hand.
+exception.
+
+The :class:`BackendPool` keeps idle connections whose last exchange ended cleanly (both h11
+sides ``DONE``): per server URL a LIFO stack (the warmest is reused first), and across all
+servers one list in idle order (oldest first). A connection is *checked out* by ``acquire`` and
+comes back by ``release`` (pooled, or closed if it cannot be reused) or by its own ``aclose``.
+What bounds the pool, so that a proxy whose users start and stop servers all day holds no more
+sockets than it uses:
+
+* caps: at most ``pool_max_idle`` idle connections per server and ``pool_max_idle_total`` in
+  all; the oldest idle one is closed to make room;
+* idle timeout: a connection idle for ``pool_idle_timeout`` seconds is closed;
+* retirement: when no route sends to a server any more, the data plane calls ``retire``: its
+  idle connections are closed at once, and connections to it still in use are closed when they
+  come back instead of being pooled;
+* a backend that closed an idle connection (FIN, RST, or bytes nobody asked for) is noticed and
+  the socket released, never left in CLOSE_WAIT: on the asyncio-protocol edge the protocol's
+  ``eof_received``/``connection_lost`` closes it at once; on anyio streams (asyncio or trio)
+  :meth:`BackendPool.maintain` polls every idle socket in one non-blocking ``poll(0)`` call per
+  sweep (``POLLRDHUP`` on Linux). The sweep runs every ``min(1 s, pool_idle_timeout / 4)``, and
+  at once when ``retire`` left connections that need an await to close.
+
+A reused connection may still have been closed by the backend just before it was taken: the
+proxy retries such a request once on a fresh connection when nothing of the response had
+arrived and the whole request was still in hand.
 """
 
 from __future__ import annotations
 
+import select
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -31,6 +53,9 @@ from ._proxy_fast import connect_fast, fast_edge_available
 from ._settings import ProxySettings
 
 _RECEIVE_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+# poll() flags meaning "the peer closed (or the socket failed)"; POLLRDHUP is Linux's half-close
+_HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+_WATCH = select.POLLIN | getattr(select, "POLLRDHUP", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +84,24 @@ class ServerAddress:
 class BackendConnection:
     """One socket to a backend and the h11 client state machine that frames it."""
 
-    __slots__ = ("address", "h11", "idle_since", "read_size", "stream")
+    __slots__ = ("address", "h11", "idle_since", "pool", "read_size", "stream", "tls")
 
     def __init__(
-        self, address: ServerAddress, stream: anyio.abc.ByteStream, settings: ProxySettings
+        self,
+        address: ServerAddress,
+        stream: anyio.abc.ByteStream,
+        settings: ProxySettings,
+        pool: BackendPool | None = None,
     ) -> None:
         self.address = address
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=settings.max_header_bytes)
         self.read_size = settings.read_size
         self.idle_since = 0.0
+        self.tls = address.tls
+        # the pool that lent this connection out (None while it is idle in the pool, or never
+        # from a pool): closing it gives it back
+        self.pool = pool
 
     async def send(self, data: bytes) -> None:
         try:
@@ -106,19 +139,63 @@ class BackendConnection:
     def reusable(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
+    def fileno(self) -> int:
+        """The socket's file descriptor, or -1 (no raw socket, or closed)."""
+        try:
+            sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        except (anyio.TypedAttributeLookupError, OSError):
+            return -1
+        try:
+            return int(sock.fileno())
+        except (OSError, ValueError):
+            return -1
+
     async def aclose(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool._checked_in(self.address.url)
         await anyio.aclose_forcefully(self.stream)
 
 
+def _close_now(conn: BackendConnection) -> bool:
+    """Close ``conn`` without awaiting if its stream can (the asyncio-protocol edge)."""
+    close = getattr(conn.stream, "close_now", None)
+    if close is None:
+        return False
+    close()
+    return True
+
+
 class BackendPool:
-    """Idle keep-alive connections per backend server URL (bounded, LIFO)."""
+    """Idle keep-alive connections per backend server URL, bounded (see the module docstring)."""
 
     def __init__(self, settings: ProxySettings, ssl_context: ssl.SSLContext | None = None) -> None:
         self._settings = settings
-        self._idle: dict[str, list[BackendConnection]] = {}
+        self._idle: dict[str, list[BackendConnection]] = {}  # per URL, LIFO
+        self._order: dict[BackendConnection, None] = {}  # every idle connection, oldest first
+        self._busy: dict[str, int] = {}  # checked-out connections per URL
+        self._retired: set[str] = set()  # retired URLs that still have checked-out connections
+        self._closing: list[BackendConnection] = []  # to be closed by the next sweep
+        self._wake: anyio.Event | None = None
         self._addresses: dict[str, ServerAddress] = {}
         self._ssl_context = ssl_context
+        self._sweep_every = min(1.0, settings.pool_idle_timeout / 4)
         self.opened = 0
+        # why idle connections were closed: "timeout", "peer_closed", "cap", "retired"
+        self.closed: dict[str, int] = {"timeout": 0, "peer_closed": 0, "cap": 0, "retired": 0}
+
+    # -- what is pooled (for tests, metrics and leak checks) -------------------------------
+    @property
+    def idle_count(self) -> int:
+        return len(self._order)
+
+    def idle_urls(self) -> dict[str, int]:
+        """Server URL -> idle connections pooled for it."""
+        return {url: len(stack) for url, stack in self._idle.items()}
+
+    @property
+    def checked_out(self) -> int:
+        return sum(self._busy.values())
 
     def address(self, url: str) -> ServerAddress:
         addr = self._addresses.get(url)
@@ -133,12 +210,44 @@ class BackendPool:
         stack = self._idle.get(url)
         if stack:
             limit = time.monotonic() - self._settings.pool_idle_timeout
+            found = None
+            stale = []
             while stack:
                 conn = stack.pop()
+                del self._order[conn]
                 if conn.idle_since >= limit and not getattr(conn.stream, "dead", False):
-                    return conn, True
-                await conn.aclose()
-        return await self.connect(url), False
+                    found = conn
+                    break
+                self.closed["timeout" if conn.idle_since < limit else "peer_closed"] += 1
+                stale.append(conn)
+            if not stack:
+                del self._idle[url]
+            if found is not None:
+                self._check_out(found)
+            for conn in stale:
+                await anyio.aclose_forcefully(conn.stream)
+            if found is not None:
+                return found, True
+        self._retired.discard(url)  # someone sends to it again
+        conn = await self.connect(url)
+        self._check_out(conn)
+        return conn, False
+
+    def _check_out(self, conn: BackendConnection) -> None:
+        watch = getattr(conn.stream, "watch_eof", None)
+        if watch is not None:
+            watch(None)
+        conn.pool = self
+        url = conn.address.url
+        self._busy[url] = self._busy.get(url, 0) + 1
+
+    def _checked_in(self, url: str) -> None:
+        n = self._busy.get(url, 0) - 1
+        if n > 0:
+            self._busy[url] = n
+            return
+        self._busy.pop(url, None)
+        self._retired.discard(url)
 
     async def connect(self, url: str) -> BackendConnection:
         addr = self.address(url)
@@ -176,21 +285,114 @@ class BackendPool:
 
     async def release(self, conn: BackendConnection) -> None:
         """Return ``conn`` to the pool if its exchange ended cleanly, else close it."""
-        if conn.reusable:
-            stack = self._idle.setdefault(conn.address.url, [])
-            if len(stack) < self._settings.pool_max_idle:
-                conn.h11.start_next_cycle()
-                conn.idle_since = time.monotonic()
-                stack.append(conn)
-                return
-        await conn.aclose()
+        url = conn.address.url
+        retired = url in self._retired
+        if conn.pool is self:
+            conn.pool = None
+            self._checked_in(url)
+        if not conn.reusable or retired or getattr(conn.stream, "dead", False):
+            await conn.aclose()
+            return
+        settings = self._settings
+        stack = self._idle.get(url)
+        if stack is not None and len(stack) >= settings.pool_max_idle:
+            self._drop(stack[0], "cap")  # the oldest of this server
+        elif len(self._order) >= settings.pool_max_idle_total:
+            self._drop(next(iter(self._order)), "cap")  # the oldest of all
+        stack = self._idle.setdefault(url, [])
+        conn.h11.start_next_cycle()
+        conn.idle_since = time.monotonic()
+        stack.append(conn)
+        self._order[conn] = None
+        watch = getattr(conn.stream, "watch_eof", None)
+        if watch is not None:
+            watch(lambda: self._peer_closed(conn))
+
+    def _peer_closed(self, conn: BackendConnection) -> None:
+        """The fast edge saw EOF (or loss) on a connection; release it if it is idle here."""
+        if conn in self._order:
+            self._drop(conn, "peer_closed")
+
+    def _drop(self, conn: BackendConnection, why: str) -> None:
+        """Take an idle connection out of the pool and close it (now, or in the next sweep)."""
+        del self._order[conn]
+        url = conn.address.url
+        stack = self._idle[url]
+        stack.remove(conn)
+        if not stack:
+            del self._idle[url]
+        self.closed[why] += 1
+        if not _close_now(conn):
+            self._closing.append(conn)
+            if self._wake is not None:
+                self._wake.set()
+
+    def retire(self, urls: Iterable[str]) -> None:
+        """No route sends to ``urls`` any more: close their idle connections, and close
+        connections to them still in use when they come back (synchronous; never blocks)."""
+        for url in urls:
+            self._addresses.pop(url, None)
+            for conn in list(self._idle.get(url, ())):
+                self._drop(conn, "retired")
+            if url in self._busy:
+                self._retired.add(url)
+
+    async def sweep(self) -> None:
+        """Close idle connections that timed out or whose backend closed them."""
+        limit = time.monotonic() - self._settings.pool_idle_timeout
+        for conn in list(self._order):
+            if conn.idle_since >= limit:
+                break  # oldest first: the rest are younger
+            self._drop(conn, "timeout")
+        if self._order:
+            self._poll_idle()
+        closing, self._closing = self._closing, []
+        for conn in closing:
+            await anyio.aclose_forcefully(conn.stream)
+
+    def _poll_idle(self) -> None:
+        """One ``poll(0)`` over the idle sockets the protocol edge does not watch itself."""
+        poller = select.poll()
+        by_fd: dict[int, BackendConnection] = {}
+        for conn in self._order:
+            if getattr(conn.stream, "dead", None) is True:
+                by_fd[-1 - len(by_fd)] = conn  # the protocol saw EOF; drop it below
+                continue
+            if hasattr(conn.stream, "watch_eof"):
+                continue  # the asyncio-protocol edge is told of EOF by its transport
+            fd = conn.fileno()
+            if fd < 0:
+                by_fd[-1 - len(by_fd)] = conn
+                continue
+            by_fd[fd] = conn
+            poller.register(fd, _WATCH)
+        dead = [conn for fd, conn in by_fd.items() if fd < 0]
+        if len(dead) < len(by_fd):
+            for fd, events in poller.poll(0):
+                conn = by_fd[fd]
+                # bytes on an idle plain-HTTP connection are not an answer to anything: the
+                # backend is closing or misbehaving. (On TLS they may be a session ticket.)
+                if events & _HUNG_UP or not conn.tls:
+                    dead.append(conn)
+        for conn in dead:
+            if conn in self._order:
+                self._drop(conn, "peer_closed")
+
+    async def maintain(self) -> None:
+        """Sweep every ``min(1 s, pool_idle_timeout / 4)`` (and when woken) until cancelled."""
+        while True:
+            if self._wake is None or self._wake.is_set():
+                self._wake = anyio.Event()
+            with anyio.move_on_after(self._sweep_every):
+                await self._wake.wait()
+            await self.sweep()
 
     async def aclose(self) -> None:
         """Close every idle connection."""
-        idle, self._idle = self._idle, {}
-        for stack in idle.values():
-            for conn in stack:
-                await conn.aclose()
+        idle, self._idle, self._order = self._order, {}, {}
+        closing, self._closing = self._closing, []
+        for conn in [*idle, *closing]:
+            await anyio.aclose_forcefully(conn.stream)
 
 
 @dataclass(frozen=True, slots=True)

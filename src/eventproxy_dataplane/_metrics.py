@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -14,7 +15,14 @@ def _label(value: str) -> str:
 class Metrics:
     """Mutable counters, updated from the event loop only (no locking needed)."""
 
-    __slots__ = ("backend_errors", "config_generation", "connections", "in_flight", "requests")
+    __slots__ = (
+        "_error_kinds",
+        "backend_errors",
+        "config_generation",
+        "connections",
+        "in_flight",
+        "requests",
+    )
 
     def __init__(self) -> None:
         self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
@@ -22,12 +30,27 @@ class Metrics:
         self.in_flight = 0
         self.connections = 0
         self.config_generation = 0
+        self._error_kinds: set[str] = set()  # every kind seen (a handful), for forget()
 
     def count_response(self, router: str, status: int) -> None:
         self.requests[(router, status // 100)] += 1
 
     def count_backend_error(self, router: str, kind: str) -> None:
         self.backend_errors[(router, kind)] += 1
+        self._error_kinds.add(kind)
+
+    def forget(self, routers: Iterable[str]) -> None:
+        """Drop the counters of ``routers`` (they were removed: their series end)."""
+        requests, errors = self.requests, self.backend_errors
+        for router in routers:
+            for cls in range(10):  # status // 100 of any three-digit status
+                requests.pop((router, cls), None)
+            for kind in self._error_kinds:
+                errors.pop((router, kind), None)
+
+    def routers(self) -> set[str]:
+        """Routers that have counters (for tests and leak checks)."""
+        return {r for r, _ in self.requests} | {r for r, _ in self.backend_errors}
 
     def render(self) -> str:
         out = [

@@ -203,6 +203,7 @@ class ClientConnection:
         "stream",
         "target",
         "trusted",
+        "upgrade",
     )
 
     def __init__(
@@ -234,6 +235,9 @@ class ClientConnection:
         self.phase = _IDLE
         self.seen = False  # bytes of the current request head have arrived
         self.scope = anyio.CancelScope()
+        # the current request asked for a WebSocket upgrade: any answer but 101 then closes
+        # the connection (docs/dataplane.md, "WebSocket")
+        self.upgrade = False
 
     # -- the connection loop ---------------------------------------------------------------
 
@@ -350,6 +354,7 @@ class ClientConnection:
     async def _handle(self, request: h11.Request) -> None:
         state = self.state
         conn = self.conn
+        self.upgrade = False
         self.head = request.method == b"HEAD"
         self.target = request.target
         settings = self.settings
@@ -364,6 +369,7 @@ class ClientConnection:
             await self._send_simple(prepared.status, f"{prepared.reason}\n".encode(), close=True)
             return
         assert type(prepared) is PreparedRequest
+        self.upgrade = prepared.websocket
         host = prepared.host.decode("latin-1") if prepared.host is not None else None
         route = state.table.lookup(host, prepared.path)
         # Take what the client already sent of the body: one write to the backend, and framing
@@ -560,10 +566,13 @@ class ClientConnection:
         if type(event) is not h11.Response:
             raise BackendProtocolError(f"backend {backend.address.url} sent {event!r}")
         status = self.status = event.status_code
+        headers = response_headers(event.headers)
+        if self.upgrade:  # the upgrade was refused: the client will not reuse this connection
+            headers.append((b"connection", b"close"))
         head = conn.send(
             h11.Response(
                 status_code=status,
-                headers=response_headers(event.headers),
+                headers=headers,
                 reason=event.reason,
                 _parsed=True,  # validated by h11 when it parsed the backend's response
             )
@@ -682,7 +691,7 @@ class ClientConnection:
             raise _CloseClient
         self.status = status
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-        if close:
+        if close or self.upgrade:
             headers.append((b"connection", b"close"))
         try:
             data = conn.send(

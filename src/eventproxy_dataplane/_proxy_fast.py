@@ -43,6 +43,7 @@ class _StreamProtocol(asyncio.Protocol):
         "exc",
         "loop",
         "lost",
+        "on_eof",
         "on_made",
         "read_paused",
         "read_waiter",
@@ -70,6 +71,9 @@ class _StreamProtocol(asyncio.Protocol):
         self.lost = False
         self.exc: BaseException | None = None
         self.tls = False
+        # called once when the peer closes or the connection is lost (a pooled idle connection
+        # is then released at once, never left in CLOSE_WAIT)
+        self.on_eof: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the Transport interface without subclassing it
@@ -101,9 +105,15 @@ class _StreamProtocol(asyncio.Protocol):
             self.read_paused = True
             self.transport.pause_reading()
 
+    def _notify_eof(self) -> None:
+        callback, self.on_eof = self.on_eof, None
+        if callback is not None:
+            callback()
+
     def eof_received(self) -> bool:
         self.eof = True
         self._wake_reader()
+        self._notify_eof()
         # keep the write side open (the stream's owner closes); TLS cannot half-close
         return not self.tls
 
@@ -113,6 +123,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.exc = exc
         self._wake_reader()
         self._wake_writer()
+        self._notify_eof()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -135,6 +146,28 @@ class FastStream(anyio.abc.ByteStream):
     def dead(self) -> bool:
         """True once the peer closed or the connection was lost (a pooled one is not reused)."""
         return self._p.eof or self._closed
+
+    def watch_eof(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (from the event loop) when the peer closes or the connection is
+        lost; ``None`` stops watching. Already closed: called at once."""
+        p = self._p
+        if callback is not None and (p.eof or self._closed):
+            callback()
+            return
+        p.on_eof = callback
+
+    def close_now(self) -> None:
+        """Close without awaiting (what :meth:`aclose` does; it never needs to wait)."""
+        self._closed = True
+        self._p.on_eof = None
+        transport = self._transport
+        if transport.is_closing():
+            return
+        pending = transport.get_write_buffer_size()
+        transport.close()  # flushes what is buffered, then closes
+        if pending:
+            # a peer that stopped reading must not keep the socket (and the buffer) forever
+            self._p.loop.call_later(_CLOSE_GRACE, transport.abort)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         p = self._p
@@ -185,15 +218,7 @@ class FastStream(anyio.abc.ByteStream):
             self._transport.write_eof()
 
     async def aclose(self) -> None:
-        self._closed = True
-        transport = self._transport
-        if transport.is_closing():
-            return
-        pending = transport.get_write_buffer_size()
-        transport.close()  # flushes what is buffered, then closes
-        if pending:
-            # a peer that stopped reading must not keep the socket (and the buffer) forever
-            self._p.loop.call_later(_CLOSE_GRACE, transport.abort)
+        self.close_now()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

@@ -285,6 +285,10 @@ class RoutingTable:
     def routers(self) -> dict[str, RouterSpec]:
         return {name: c.spec for name, c in self._installed.items()}
 
+    def route(self, name: str) -> Route | None:
+        """The installed router ``name`` and its service, or None."""
+        return self._routes.get(name)
+
     def lookup(self, host: str | None, target: bytes) -> Route | None:
         """The route for a request, or None (no router matches, or the target is refused).
 

@@ -1,7 +1,14 @@
 """The data plane: listeners (TCP, TLS, Unix, admin) around the per-connection proxy.
 
-``DataPlane`` owns the shared state of one node: the routing table (replaced atomically by
-:meth:`DataPlane.set_table`), the backend connection pool, counters and per-router activity.
+``DataPlane`` owns the shared state of one node: the routing table, the backend connection
+pool, counters and per-router activity. The table changes only through :meth:`DataPlane.apply`
+(a batch of upserts and removals; :meth:`DataPlane.set_table` hands it the difference to a
+whole new table), which does the bookkeeping synchronously, in the same step as the change:
+the generation moves, routers that are gone lose their activity record and counters (a router
+that now sends to other servers loses its activity record: a re-added route starts with no
+``last_activity``), and the pool closes the connections to servers no route sends to any more.
+Nothing else may change the table (``table`` is for reading), or these fall out of step.
+
 Each ``serve_*`` coroutine runs until it is cancelled; cancelling it closes its listener and
 every connection it accepted.
 """
@@ -14,7 +21,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,9 +30,11 @@ import anyio.abc
 import h11
 from anyio.streams.tls import TLSListener
 
+from ._backend import BackendPool
+from ._config import ConfigProblem, RouterSpec, ServiceSpec
 from ._proxy import ClientConnection, ProxyState, watchdog
 from ._proxy_fast import FastStream, fast_edge_available, serve_fast
-from ._routing import RoutingTable
+from ._routing import Route, RoutingTable
 from ._settings import ProxySettings
 
 logger = logging.getLogger("eventproxy_dataplane")
@@ -43,34 +52,112 @@ def _peer_ip(stream: anyio.abc.ByteStream) -> bytes | None:
     return None
 
 
+def _servers(route: Route | None) -> frozenset[str]:
+    return frozenset(s.url for s in route.service.servers) if route is not None else frozenset()
+
+
+async def _housekeeping(state: ProxyState) -> None:
+    """Connection deadlines and the backend pool's sweep, until cancelled."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watchdog, state)
+        tg.start_soon(state.pool.maintain)
+
+
 class DataPlane:
     """One reverse-proxy node: route with ``table``, forward with ``settings``.
 
-    ``table`` may be replaced at any time with :meth:`set_table`; a request looks the table up
+    The table changes with :meth:`apply` only (:meth:`set_table` calls it); a request looks it up
     once, so requests in flight finish on the backend they were routed to and no connection is
-    dropped by a swap.
+    dropped by a change.
     """
 
     def __init__(
         self, table: RoutingTable | None = None, settings: ProxySettings = _DEFAULT_SETTINGS
     ) -> None:
-        self._table = table if table is not None else RoutingTable()
+        self._table = RoutingTable()
         self._state = ProxyState(self._table, settings)
         self.settings = settings
+        self._users: dict[str, int] = {}  # server URL -> routers sending to it
         if table is not None:
-            self._state.metrics.config_generation = 1
+            self.set_table(table)  # generation 1
 
     @property
     def table(self) -> RoutingTable:
+        """The routing table now: read it; change it only with :meth:`apply`."""
         return self._table
 
+    def apply(
+        self,
+        upserts: Iterable[tuple[RouterSpec, ServiceSpec]] = (),
+        removals: Iterable[str] = (),
+    ) -> list[ConfigProblem]:
+        """Remove routers by name, then add or replace routers, as one step (see
+        :meth:`RoutingTable.apply`); the problems of routers that could not be installed."""
+        upserts = list(upserts)
+        removals = list(removals)
+        table = self._table
+        before: dict[str, Route | None] = {}
+        for name in removals:
+            if name not in before:
+                before[name] = table.route(name)
+        for spec, _ in upserts:
+            upsert = getattr(spec, "name", None)  # a bad upsert is reported by table.apply
+            if isinstance(upsert, str) and upsert not in before:
+                before[upsert] = table.route(upsert)
+        problems = table.apply(upserts, removals)
+        self._changed(before)
+        return problems
+
     def set_table(self, table: RoutingTable) -> None:
-        """Install ``table`` for every request that starts from now on."""
-        self._table = table
-        self._state.table = table
-        self._state.metrics.config_generation += 1
-        # routers that are gone no longer report activity
-        self._state.activity.forget(frozenset(table.routers()))
+        """Make the routing table equal to ``table`` (e.g. a reloaded configuration file).
+
+        Goes through :meth:`apply` with the difference: routers whose rule, priority or service
+        did not change are left alone (and keep their activity).
+        """
+        current = self._table
+        old_specs, new_specs = current.routers(), table.routers()
+        upserts: list[tuple[RouterSpec, ServiceSpec]] = []
+        for name, spec in new_specs.items():
+            new = table.route(name)
+            assert new is not None
+            old = current.route(name)
+            if old is None or old_specs[name] != spec or old.service != new.service:
+                upserts.append((spec, new.service))
+        self.apply(upserts, [name for name in old_specs if name not in new_specs])
+
+    def _changed(self, before: Mapping[str, Route | None]) -> None:
+        """Bookkeeping after routers ``before`` (name -> route before the change) changed."""
+        table = self._table
+        state = self._state
+        users = self._users
+        gone: list[str] = []
+        fresh: list[str] = []
+        unused: list[str] = []
+        for name, old in before.items():
+            new = table.route(name)
+            if new is None and old is not None:
+                gone.append(name)
+                state.round_robin.pop(old.service.name, None)
+            old_urls, new_urls = _servers(old), _servers(new)
+            if new is not None and (old is None or old_urls != new_urls):
+                fresh.append(name)  # activity was another server's
+            if old_urls == new_urls:
+                continue
+            for url in old_urls - new_urls:
+                n = users[url] - 1
+                if n:
+                    users[url] = n
+                else:
+                    del users[url]
+                    unused.append(url)
+            for url in new_urls - old_urls:
+                users[url] = users.get(url, 0) + 1
+        state.metrics.config_generation += 1
+        state.activity.forget(gone)
+        state.activity.forget(fresh)
+        state.metrics.forget(gone)
+        if unused:
+            state.pool.retire(unused)
 
     @property
     def generation(self) -> int:
@@ -84,7 +171,25 @@ class DataPlane:
 
     def metrics_text(self) -> str:
         """The Prometheus text served on ``/metrics``."""
-        return self._state.metrics.render()
+        pool = self._state.pool
+        lines = [
+            "# HELP eventproxy_dataplane_backend_idle_connections Pooled idle backend connections.",
+            "# TYPE eventproxy_dataplane_backend_idle_connections gauge",
+            f"eventproxy_dataplane_backend_idle_connections {pool.idle_count}",
+            "# HELP eventproxy_dataplane_backend_idle_closed_total Idle backend connections "
+            "closed, by reason.",
+            "# TYPE eventproxy_dataplane_backend_idle_closed_total counter",
+            *(
+                f'eventproxy_dataplane_backend_idle_closed_total{{reason="{why}"}} {n}'
+                for why, n in sorted(pool.closed.items())
+            ),
+        ]
+        return self._state.metrics.render() + "\n".join(lines) + "\n"
+
+    @property
+    def pool(self) -> BackendPool:
+        """The backend connection pool (read it; the plane manages it)."""
+        return self._state.pool
 
     @property
     def backend_connections_opened(self) -> int:
@@ -137,7 +242,7 @@ class DataPlane:
 
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(watchdog, state)
+                tg.start_soon(_housekeeping, state)
                 await serve_fast(
                     host,
                     port,
@@ -167,7 +272,7 @@ class DataPlane:
 
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(watchdog, state)
+                    tg.start_soon(_housekeeping, state)
                     await serve_fast("", 0, handle_fast, unix_path=path, task_status=task_status)
             finally:
                 with anyio.CancelScope(shield=True):
@@ -196,7 +301,7 @@ class DataPlane:
     ) -> None:
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(watchdog, self._state)
+                tg.start_soon(_housekeeping, self._state)
                 task_status.started(started)
                 await listener.serve(handle, task_group=tg)
         finally:

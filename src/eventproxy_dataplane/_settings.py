@@ -12,7 +12,9 @@ from ._errors import SettingsError
 _OPTIONAL = frozenset(
     {"connect_timeout", "header_timeout", "idle_timeout", "backend_response_timeout"}
 )
-_INTEGER = frozenset({"max_header_bytes", "max_header_count", "pool_max_idle", "read_size"})
+_INTEGER = frozenset(
+    {"max_header_bytes", "max_header_count", "pool_max_idle", "pool_max_idle_total", "read_size"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +31,8 @@ class ProxySettings:
                               the body of ``GET {error_target}/{code}?url=<escaped url>`` is sent
                               with the original status
     pool_max_idle:            idle keep-alive connections kept per backend server
-    pool_idle_timeout:        an idle pooled backend connection older than this is not reused
+    pool_max_idle_total:      idle keep-alive connections kept in all (the oldest is closed)
+    pool_idle_timeout:        an idle pooled backend connection is closed after this long
     error_fetch_timeout:      fetching a page from ``error_target``
     activity_interval:        a router's last activity is recorded at most this often
     read_size:                bytes asked for per socket read
@@ -52,6 +55,7 @@ class ProxySettings:
     max_header_count: int = 200
     error_target: str | None = None
     pool_max_idle: int = 64
+    pool_max_idle_total: int = 256
     pool_idle_timeout: float = 90.0
     error_fetch_timeout: float = 5.0
     activity_interval: float = 1.0

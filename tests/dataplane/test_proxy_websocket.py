@@ -111,24 +111,57 @@ async def test_websocket_frames_sent_together_arrive_separately() -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_refused_upgrade_is_relayed_as_a_normal_response() -> None:
+UPGRADE = [
+    ("Connection", "Upgrade"),
+    ("Upgrade", "websocket"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+]
+
+
+async def closed_by_proxy(client: HTTPClient) -> bool:
+    """True once the proxy has closed the client connection (EOF), False if it sends more."""
+    with anyio.fail_after(5):
+        try:
+            return await client.stream.receive() == b""
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            return True
+
+
+async def test_refused_upgrade_is_relayed_then_the_connection_is_closed() -> None:
     async with anyio.create_task_group() as tg:
         backend = HTTPBackend()
         await tg.start(backend.serve)
         table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
-        async with running_proxy(table) as proxy, await HTTPClient.connect(proxy.port) as c:
-            headers = [
-                ("Connection", "Upgrade"),
-                ("Upgrade", "websocket"),
-                ("Sec-WebSocket-Version", "13"),
-                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ]
-            reply = await c.request("GET", "/upgrade-refused", headers=headers)
-            assert reply.status == 403 and reply.body == b"no websockets here\n"
+        async with running_proxy(table) as proxy:
+            for path, status in (("/upgrade-refused", 403), ("/plain", 200)):
+                async with await HTTPClient.connect(proxy.port) as c:
+                    reply = await c.request("GET", path, headers=UPGRADE)
+                    assert reply.status == status
+                    assert reply.header(b"connection") == b"close"
+                    assert await closed_by_proxy(c)
+            assert reply.json()["target"] == "/plain"  # a backend answering 200, relayed
             assert backend.requests[0].header(b"upgrade") == b"websocket"
-            # the connection stays usable
-            assert (await c.request("GET", "/after")).status == 200
+            # without Upgrade the same answers keep the connection alive
+            async with await HTTPClient.connect(proxy.port) as c:
+                assert (await c.request("GET", "/upgrade-refused")).status == 403
+                assert (await c.request("GET", "/after")).status == 200
         tg.cancel_scope.cancel()
+
+
+async def test_an_upgrade_with_no_route_or_a_stopped_server_closes_the_connection() -> None:
+    stopped = "http://127.0.0.1:1"  # nothing listens there: connection refused
+    table = make_table({"down": ("PathPrefix(`/down/`)", [stopped])})
+    async with running_proxy(table) as proxy:
+        for path, status in (("/nowhere/", 404), ("/down/api/kernels", 502)):
+            async with await HTTPClient.connect(proxy.port) as c:
+                reply = await c.request("GET", path, headers=UPGRADE)
+                assert reply.status == status
+                assert reply.header(b"connection") == b"close"
+                assert await closed_by_proxy(c)
+            async with await HTTPClient.connect(proxy.port) as c:  # no upgrade: kept alive
+                assert (await c.request("GET", path)).status == status
+                assert (await c.request("GET", path)).status == status
 
 
 async def test_activity_is_recorded_per_router_at_a_bounded_rate() -> None:

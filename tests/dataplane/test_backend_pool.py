@@ -1,0 +1,162 @@
+"""The backend connection pool is bounded and lets go of what nobody uses (issue 13).
+
+Real sockets on 127.0.0.1, on both I/O edges (asyncio protocols / anyio streams) and on asyncio
+and trio: a route removed closes its pooled connections; a backend closing an idle connection
+is noticed and the socket released (no CLOSE_WAIT); the idle timeout and the caps per backend
+and in total hold.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from eventproxy_dataplane import DataPlane, ProxySettings, RouterSpec, ServerSpec, ServiceSpec
+from support.backends import HTTPBackend, HTTPClient, make_table, running_proxy
+from support.procnet import states_to
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("io_edge")]
+
+LIMIT = 10.0  # seconds any wait below may take at most
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition`` (checked after each short sleep), failing after LIMIT seconds."""
+    with anyio.fail_after(LIMIT):
+        while not condition():  # noqa: ASYNC110 - polls sockets and counters
+            await anyio.sleep(0.01)
+    assert condition(), what
+
+
+def route(name: str, prefix: str, url: str) -> tuple[RouterSpec, ServiceSpec]:
+    return (
+        RouterSpec(name=name, rule=f"PathPrefix(`{prefix}`)", service=name),
+        ServiceSpec(name=name, servers=(ServerSpec(url),)),
+    )
+
+
+async def get(port: int, path: str) -> int:
+    async with await HTTPClient.connect(port) as client:
+        return (await client.request("GET", path)).status
+
+
+async def get_together(port: int, path: str, n: int) -> None:
+    """``n`` requests at the same time, on ``n`` client connections (so ``n`` backend ones)."""
+    statuses: list[int] = []
+
+    async def one() -> None:
+        statuses.append(await get(port, path))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    assert statuses == [200] * n
+
+
+def proxy_side(backend: HTTPBackend) -> dict[str, int]:
+    """States of this process's sockets to ``backend`` (the proxy's end of each connection)."""
+    return dict(states_to([backend.port], pid=os.getpid()))
+
+
+async def test_removing_the_last_route_to_a_server_closes_its_pooled_connections() -> None:
+    a, b = HTTPBackend(name="a"), HTTPBackend(name="b")
+    async with anyio.create_task_group() as tg:
+        await tg.start(a.serve)
+        await tg.start(b.serve)
+        table = make_table(
+            {
+                "r1": ("PathPrefix(`/one/`)", [a.url]),
+                "r2": ("PathPrefix(`/two/`)", [a.url]),
+                "r3": ("PathPrefix(`/three/`)", [b.url]),
+            }
+        )
+        async with running_proxy(table) as proxy:
+            plane: DataPlane = proxy.plane
+            assert await get(proxy.port, "/one/") == 200
+            assert await get(proxy.port, "/three/") == 200
+            assert plane.pool.idle_urls() == {a.url: 1, b.url: 1}
+            plane.apply(removals=["r1"])  # r2 still sends to a: its connection stays
+            assert plane.pool.idle_urls() == {a.url: 1, b.url: 1}
+            plane.apply(removals=["r2"])
+            assert plane.pool.idle_urls() == {b.url: 1}
+            await until(lambda: a.open_connections == 0, "a's pooled connection closed")
+            assert plane.pool.closed["retired"] == 1
+            # replacing r3's server retires b the same way
+            plane.apply([route("r3", "/three/", a.url)])
+            await until(lambda: b.open_connections == 0, "b's pooled connection closed")
+            assert plane.pool.idle_count == 0
+            assert "CLOSE_WAIT" not in proxy_side(a) and "CLOSE_WAIT" not in proxy_side(b)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_connection_in_use_when_its_route_goes_is_closed_not_pooled() -> None:
+    backend = HTTPBackend()
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        async with running_proxy(make_table({"r": ("PathPrefix(`/`)", [backend.url])})) as proxy:
+            plane = proxy.plane
+            async with await HTTPClient.connect(proxy.port) as client:
+                await client.send_request("GET", "/slow/0.3")
+                await until(lambda: backend.open_connections == 1, "request reached backend")
+                plane.apply(removals=["r"])
+                assert (await client.read_reply()).status == 200  # in flight: finished
+            await until(lambda: backend.open_connections == 0, "closed when it came back")
+            assert plane.pool.idle_count == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_a_backend_closing_an_idle_connection_is_noticed_and_released() -> None:
+    backend = HTTPBackend()
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        async with running_proxy(make_table({"r": ("PathPrefix(`/`)", [backend.url])})) as proxy:
+            pool = proxy.plane.pool
+            # /then-close: a 200 on a kept-alive connection, then the backend closes it
+            assert await get(proxy.port, "/then-close") == 200
+            await until(lambda: backend.open_connections == 0, "the backend closed")
+            await until(lambda: pool.idle_count == 0, "the pool let it go")
+            assert pool.closed["peer_closed"] == 1
+            await until(lambda: "CLOSE_WAIT" not in proxy_side(backend), "no CLOSE_WAIT")
+            assert proxy_side(backend).get("ESTABLISHED", 0) == 0
+            assert await get(proxy.port, "/again") == 200  # and the route still works
+        tg.cancel_scope.cancel()
+
+
+async def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
+    backend = HTTPBackend()
+    settings = ProxySettings(pool_idle_timeout=0.2)
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
+        async with running_proxy(table, settings) as proxy:
+            await get_together(proxy.port, "/slow/0.2", 3)
+            assert proxy.plane.pool.idle_count == 3
+            await until(lambda: backend.open_connections == 0, "idle connections closed")
+            assert proxy.plane.pool.idle_count == 0
+            assert proxy.plane.pool.closed["timeout"] == 3
+        tg.cancel_scope.cancel()
+
+
+async def test_idle_connections_are_capped_per_backend_and_in_total() -> None:
+    a, b = HTTPBackend(name="a"), HTTPBackend(name="b")
+    settings = ProxySettings(pool_max_idle=2, pool_max_idle_total=3)
+    async with anyio.create_task_group() as tg:
+        await tg.start(a.serve)
+        await tg.start(b.serve)
+        table = make_table(
+            {"a": ("PathPrefix(`/a/`)", [a.url]), "b": ("PathPrefix(`/b/`)", [b.url])}
+        )
+        async with running_proxy(table, settings) as proxy:
+            pool = proxy.plane.pool
+            await get_together(proxy.port, "/a/slow/0.3", 4)
+            assert pool.idle_urls() == {a.url: 2}  # per backend: 2
+            await until(lambda: a.open_connections == 2, "a's surplus closed")
+            await get_together(proxy.port, "/b/slow/0.3", 2)
+            assert pool.idle_urls() == {a.url: 1, b.url: 2}  # in total: 3, oldest closed
+            await until(lambda: a.open_connections == 1, "the oldest closed")
+            assert pool.closed["cap"] == 3
+            assert pool.idle_count == 3
+        tg.cancel_scope.cancel()
