@@ -208,6 +208,7 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
                 should_start=bool(self.should_start),
                 ssl_cert=self.ssl_cert,
                 ssl_key=self.ssl_key,
+                etcd_options=self._etcd_options(),
             ),
             self.log,
         )

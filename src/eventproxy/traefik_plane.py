@@ -34,8 +34,11 @@ import tomli_w
 from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
+from eventproxy_dataplane.etcd import EtcdClient, EtcdOptions
+
 from ._errors import EventProxyError
 from .events import Record
+from .log.etcd import parse_etcd_url
 from .projectors import (
     GatewayKV,
     Limits,
@@ -82,6 +85,7 @@ class TraefikSettings:
     ssl_key: str = ""
     activity_interval: float = 10.0
     start_timeout: float = 30.0
+    etcd_options: EtcdOptions | None = None  # credentials and TLS for the KV projection
 
 
 def _free_loopback_port() -> int:
@@ -90,11 +94,17 @@ def _free_loopback_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _etcd_from_log_url(log_url: str) -> str:
-    parts = urlsplit(log_url)
-    first = parts.netloc.split(",")[0]
-    scheme = "https" if parts.scheme == "etcds" else "http"
-    return f"{scheme}://{first}"
+def _etcd_endpoints(settings: TraefikSettings) -> tuple[str, bool]:
+    """(endpoints, tls) of the etcd the KV projection goes to."""
+    if settings.etcd_url:
+        return settings.etcd_url, settings.etcd_url.startswith("https")
+    if settings.log_url.split(":", 1)[0].lower() in ("etcd", "etcds"):
+        netloc, tls, _ = parse_etcd_url(settings.log_url)
+        return netloc, tls
+    raise EventProxyError(
+        "EventProxy.traefik_provider = 'etcd' needs EventProxy.traefik_etcd_url "
+        "(or an etcd:// log URL)"
+    )
 
 
 class TraefikPlane:
@@ -108,6 +118,7 @@ class TraefikPlane:
                 f"EventProxy.traefik_provider must be 'file' or 'etcd', not {self.provider!r}"
             )
         self.layout: TraefikLayout | None = None
+        self.etcd: EtcdClient | None = None
         self._api_port = 0
         if settings.should_start:
             self.layout = TraefikLayout(Path(tempfile.mkdtemp(prefix="eventproxy-traefik-")))
@@ -141,16 +152,13 @@ class TraefikPlane:
     def _make_projector(self) -> Projector:
         s = self.settings
         if self.provider == "etcd":
-            url = s.etcd_url or (
-                _etcd_from_log_url(s.log_url) if s.log_url.startswith("etcd") else ""
-            )
-            if not url:
-                raise EventProxyError(
-                    "EventProxy.traefik_provider = 'etcd' needs EventProxy.traefik_etcd_url "
-                    "(or an etcd:// log URL)"
-                )
+            endpoints, tls = _etcd_endpoints(s)
+            self.etcd = EtcdClient(endpoints, s.etcd_options, tls=tls)
             return TraefikKVProjector(
-                GatewayKV(url), s.root_key, limits=Limits(max_ops=s.max_txn_ops), log=self._log
+                GatewayKV(client=self.etcd),
+                s.root_key,
+                limits=Limits(max_ops=s.max_txn_ops),
+                log=self._log,
             )
         if self.layout is not None:
             path = self.layout.routes_path
@@ -181,9 +189,13 @@ class TraefikPlane:
         )
         atomic_write(self.layout.api_path, tomli_w.dumps(api_doc).encode())
         etcd = None
-        if isinstance(self.projector, TraefikKVProjector):
-            netloc = urlsplit(self.projector.kv.url).netloc  # type: ignore[attr-defined]
-            etcd = [netloc]
+        if self.etcd is not None:
+            if self.etcd.options.username or self.etcd.options.ca_file:
+                raise TraefikError(
+                    "a traefik started by eventproxy reads etcd without credentials or TLS; "
+                    "run traefik yourself (should_start = False) for an authenticated etcd"
+                )
+            etcd = [urlsplit(e).netloc for e in self.etcd.endpoints]
         static = static_config(
             public_url=s.public_url,
             api_port=self._api_port,
@@ -249,9 +261,8 @@ class TraefikPlane:
             self.process = None
         for api in self.apis:
             await api.aclose()
-        kv = getattr(self.projector, "kv", None)
-        if kv is not None:
-            await kv.aclose()
+        if self.etcd is not None:
+            await self.etcd.aclose()
         if self.layout is not None:
             shutil.rmtree(self.layout.directory, ignore_errors=True)
 
@@ -332,7 +343,14 @@ class TraefikConfig(LoggingConfigurable):
     )
 
     def traefik_settings(
-        self, *, public_url: str, log_url: str, should_start: bool, ssl_cert: str, ssl_key: str
+        self,
+        *,
+        public_url: str,
+        log_url: str,
+        should_start: bool,
+        ssl_cert: str,
+        ssl_key: str,
+        etcd_options: EtcdOptions | None = None,
     ) -> TraefikSettings:
         return TraefikSettings(
             public_url=public_url,
@@ -352,4 +370,5 @@ class TraefikConfig(LoggingConfigurable):
             ssl_key=ssl_key or "",
             activity_interval=float(self.traefik_activity_interval),
             start_timeout=float(self.traefik_start_timeout),
+            etcd_options=etcd_options,
         )

@@ -201,3 +201,77 @@ async def test_an_unreachable_replica_is_named(tmp_path: Path, backends: dict[st
             await proxy.add_route("/user/a/", backends["alice"], {})
     finally:
         await proxy.stop()
+
+
+async def test_two_replicas_on_one_etcd_and_one_killed(
+    tmp_path: Path, backends: dict[str, str], etcd: Etcd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both replicas route every add when it returns; kill -9 one: with
+    require_all_endpoints = False adds go on (the warning names it), the other serves all."""
+    import logging
+
+    from support.traefik import Traefik
+
+    root = "ep-two"
+    extra = [
+        f"--providers.etcd.endpoints={LOOPBACK}:{etcd.client_port}",
+        f"--providers.etcd.rootkey={root}",
+    ]
+    replicas = []
+    for i in range(2):
+        (tmp_path / f"t{i}").mkdir()
+        replicas.append(Traefik(tmp_path / f"t{i}", extra_args=extra))
+    log = logging.getLogger("test-two-replicas")
+    proxy = make_proxy(
+        tmp_path,
+        should_start=False,
+        traefik_provider="etcd",
+        traefik_etcd_url=etcd.url,
+        traefik_root_key=root,
+        traefik_api_urls=[f"http://{LOOPBACK}:{t.api_port}" for t in replicas],
+        require_all_endpoints=False,
+        visibility_timeout=5,
+        log=log,
+    )
+    clients = [httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{t.web_port}") for t in replicas]
+    try:
+        for i in range(10):
+            await proxy.add_route(f"/user/u{i}/", backends["alice"], {})
+            for client in clients:  # no wait, no retry: routed by both when it returns
+                r = await client.get(f"/user/u{i}/x")
+                assert r.status_code == 200 and r.text.startswith("alice"), r.text
+        dead = replicas[0]
+        os.killpg(dead.child.pid, signal.SIGKILL)
+        dead.child.proc.wait(10)
+        caplog.set_level(logging.WARNING, logger="test-two-replicas")
+        for i in range(10, 20):
+            await proxy.add_route(f"/user/u{i}/", backends["bob"], {})
+            r = await clients[1].get(f"/user/u{i}/x")
+            assert r.status_code == 200 and r.text.startswith("bob"), r.text
+        assert f"127.0.0.1:{dead.api_port}" in caplog.text  # the warning names the dead one
+        for i in range(20):  # the survivor serves every route
+            r = await clients[1].get(f"/user/u{i}/x")
+            assert r.status_code == 200
+        # with require_all_endpoints = True the same add fails, naming the dead replica
+        proxy.require_all_endpoints = True
+        strict = make_proxy(
+            tmp_path / "strict",
+            should_start=False,
+            traefik_provider="etcd",
+            traefik_etcd_url=etcd.url,
+            traefik_root_key=root + "-strict",
+            traefik_api_urls=[f"http://{LOOPBACK}:{t.api_port}" for t in replicas],
+            visibility_timeout=2,
+        )
+        (tmp_path / "strict").mkdir()
+        try:
+            with pytest.raises(VisibilityTimeoutError, match=f"127.0.0.1:{dead.api_port}"):
+                await strict.add_route("/user/strict/", backends["alice"], {})
+        finally:
+            await strict.stop()
+    finally:
+        for client in clients:
+            await client.aclose()
+        await proxy.stop()
+        for t in replicas:
+            t.stop()
