@@ -73,6 +73,7 @@ _REASONS = {
     408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
+    505: b"HTTP Version Not Supported",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
@@ -358,6 +359,9 @@ class ClientConnection:
         self.head = request.method == b"HEAD"
         self.target = request.target
         settings = self.settings
+        if request.http_version[0] != 49:  # not 1.x: h11 reads any digit.digit (HTTP/2.0, 0.9)
+            await self._send_simple(505, _generic(505), close=True)
+            return
         prepared = prepare_request(
             request.target,
             request.headers,

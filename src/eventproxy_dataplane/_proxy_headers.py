@@ -12,8 +12,10 @@ Request side (client -> backend):
 - ambiguous framing is refused here, before any backend sees the request: ``Content-Length``
   together with ``Transfer-Encoding``, a ``Content-Length`` above 2^63-1 (h11 accepts 20 digits;
   a backend whose length parser wraps at 64 bits would read the body as a second request), more
-  than one ``Host``, too many header fields. A length with leading zeros is forwarded in its
-  plain decimal spelling (``005`` -> ``5``).
+  than one ``Host`` or one that is not ``host[:port]`` (h11 joins an obs-fold line into the field
+  before it with a space: a folded ``Host`` fails here), too many header fields. A length
+  with leading zeros is forwarded in its plain decimal spelling (``005`` -> ``5``); the
+  framing fields are never dropped for being named in ``Connection``.
 - trailers of a chunked request: :func:`trailer_fields` drops every field that may not be sent
   in a trailer section (RFC 9110 section 6.5.1: framing, routing, authentication, request
   modifiers, response controls, content format) and the hop-by-hop and ``X-Forwarded-*``
@@ -61,7 +63,17 @@ _FORWARDED = frozenset(
 )
 _REQUEST_DROP = _HOP | _FORWARDED
 _RESPONSE_DROP = _HOP | {b"transfer-encoding"}
-_CONNECTION_KEEP = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+_RESPONSE_LOOK = _RESPONSE_DROP | {b"content-length"}  # fields response_headers looks at
+# Connection tokens that never remove a field: the framing fields stay whatever a peer names
+# (dropping Content-Length would unframe a body the proxy has already started to read)
+_CONNECTION_KEEP = frozenset(
+    {b"close", b"keep-alive", b"upgrade", b"", b"content-length", b"transfer-encoding"}
+)
+# RFC 9110 section 7.2 / RFC 3986: the bytes a uri-host [ ":" port ] is made of (a character
+# check, like Go's net/http: deleting them must leave nothing); empty is allowed (no authority)
+_HOST_BYTES = (
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:[]"
+)
 # RFC 9110 section 6.5.1: fields whose meaning is needed before the content, or that a backend
 # merging trailers into the head would act on. Never forwarded in a trailer section.
 _TRAILER_DROP = (
@@ -223,6 +235,8 @@ def prepare_request(
             path = slash + tail if slash else b"/"
         elif target != b"*":
             return Rejection(400, "request-target is not a path or an absolute URL")
+    if host is not None and host.translate(None, _HOST_BYTES):
+        return Rejection(400, "invalid Host")
     return PreparedRequest(host, path, out, websocket, upgrade if websocket else None, forwarded)
 
 
@@ -292,21 +306,22 @@ def response_headers(
     upgrade: bytes | None = None
     chunked = has_length = False
     for name, value in headers:
-        if name in _RESPONSE_DROP:
-            if name == b"connection":
+        if name in _RESPONSE_LOOK:
+            if name == b"content-length":
+                has_length = True
+                if len(value) > _SAFE_LENGTH_DIGITS or (value[0] == 48 and len(value) > 1):
+                    length = int(value)  # h11 checked: 1 to 20 ASCII digits
+                    if length > MAX_CONTENT_LENGTH:
+                        raise BackendProtocolError("backend sent a Content-Length above 2^63-1")
+                    value = b"%d" % length
+                out.append((name, value))
+            elif name == b"connection":
                 connection.append(value)
             elif name == b"upgrade":
                 upgrade = value
             elif name == b"transfer-encoding":
                 chunked = True
             continue
-        if name == b"content-length":
-            has_length = True
-            if len(value) > _SAFE_LENGTH_DIGITS or (value[0] == 48 and len(value) > 1):
-                length = int(value)  # h11 checked: 1 to 20 ASCII digits
-                if length > MAX_CONTENT_LENGTH:
-                    raise BackendProtocolError("backend sent a Content-Length above 2^63-1")
-                value = b"%d" % length
         out.append((name, value))
     if chunked and has_length:
         out = [h for h in out if h[0] != b"content-length"]

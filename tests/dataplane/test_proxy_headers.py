@@ -170,3 +170,41 @@ def test_trailer_fields_drop_what_rfc_9110_forbids_there(name: bytes) -> None:
         (b"x-sum", b"1"),
         (b"server-timing", b"a"),
     ]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        b"a b",
+        b"x Transfer-Encoding: chunked",
+        b"a/b",
+        b"user@a",
+        b"a?b",
+        b"a#b",
+        b"caf\xc3\xa9",
+        b"a\tb",
+        b'a"b',
+        b"a\\b",
+    ],
+)
+def test_invalid_host_is_refused(host: bytes) -> None:
+    assert prepare_request(b"/", [(b"host", host)], **LIMITS) == Rejection(400, "invalid Host")
+    if b"/" not in host:  # (a slash would end the authority of an absolute URL)
+        # the authority of an absolute-form target is checked the same way
+        out = prepare_request(b"http://" + host + b"/p", [(b"host", b"ok")], **LIMITS)
+        assert out == Rejection(400, "invalid Host")
+
+
+@pytest.mark.parametrize(
+    "host", [b"", b"a.test", b"A.TEST.:80", b"127.0.0.1:8000", b"[::1]:8000", b"xn--caf-dma.test"]
+)
+def test_valid_host_is_kept(host: bytes) -> None:
+    assert _prepare(b"/", [(b"host", host)]).host == host
+
+
+def test_framing_fields_named_in_connection_are_kept() -> None:
+    p = _prepare(
+        b"/",
+        [(b"host", b"h"), (b"connection", b"close, Content-Length"), (b"content-length", b"5")],
+    )
+    assert p.headers == [(b"content-length", b"5")]
