@@ -71,9 +71,7 @@ _CONNECTION_KEEP = frozenset(
 )
 # RFC 9110 section 7.2 / RFC 3986: the bytes a uri-host [ ":" port ] is made of (a character
 # check, like Go's net/http: deleting them must leave nothing); empty is allowed (no authority)
-_HOST_BYTES = (
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:[]"
-)
+_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:[]"
 # RFC 9110 section 6.5.1: fields whose meaning is needed before the content, or that a backend
 # merging trailers into the head would act on. Never forwarded in a trailer section.
 _TRAILER_DROP = (
