@@ -42,7 +42,7 @@ from .events import Event, RouteAdded, RouteRemoved
 from .log import RouteLog, open_log
 from .log.etcd import etcd_options_from_env
 from .projection import PlaneProjection, plane_entry
-from .routespec import parse_routespec
+from .routespec import RouteSpec, parse_routespec
 from .table import RouteEntry, RouteTable
 from .traefik import name_for, routespec_from_name
 from .traefik_plane import TraefikConfig, TraefikPlane
@@ -379,14 +379,24 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             raise InvalidRouteDataError(f"route {spec.raw!r} -> {target!r}: {exc}") from None
         await self._commit(event)
 
+    def _check_mode_unless_known(self, spec: RouteSpec, known: bool) -> None:
+        """A routespec of the other host-routing mode is a ValueError, unless it is ``known``.
+
+        Deleting and reading a route that exists work whatever the current mode: a hub that
+        turns host routing on (or off) finds the routes of the other mode in its log, and its
+        check_routes deletes them. For anything else, JupyterHub expects the mode checked.
+        """
+        if not known:
+            parse_routespec(spec.raw, host_routing=bool(self.host_routing))
+
     async def delete_route(self, routespec: str) -> None:
-        # Whatever the current host-routing mode: a hub that turns host routing on (or off)
-        # deletes the routes of the other mode that its log still holds (check_routes).
         spec = parse_routespec(routespec)
         await self._ensure_open()
         queued = [*self._pending.events, *(self._inflight.events if self._inflight else ())]
         pending = any(e.routespec == spec.raw for e in queued)
-        if spec.raw not in self._table and not pending:
+        known = spec.raw in self._table or pending
+        self._check_mode_unless_known(spec, known)
+        if not known:
             return  # idempotent: nothing to delete, nothing to record
         await self._commit(RouteRemoved(spec.raw))
 
@@ -414,9 +424,10 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         return routes
 
     async def get_route(self, routespec: str) -> dict[str, Any] | None:
-        spec = parse_routespec(routespec)  # any mode, as delete_route; only adding checks it
+        spec = parse_routespec(routespec)
         await self._ensure_open()
         entry = self._table.get(spec.raw)
+        self._check_mode_unless_known(spec, entry is not None)
         if entry is None:
             return None
         route = entry.as_jupyterhub()
