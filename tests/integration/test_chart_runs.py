@@ -6,8 +6,10 @@ Three etcd members form a cluster from the StatefulSet's arguments; the auth-set
 the passwords come from the rendered ConfigMap, Job and Secret; two traefik replicas start from
 the rendered environment and file-provider configuration. Then: the private API refuses requests
 without the rendered credentials, a replica is not ready (by the chart's own readiness probe)
-until the projection is in etcd, and a route projected as the ``eventproxy`` etcd user is served
-by both replicas, also after one etcd member is stopped.
+until the projection is in etcd, and ``EventProxy`` configured as ``charts/z2jh-overlay.yaml``
+configures the hub (its ``hub.config``, ``hub.extraEnv`` from the rendered Secrets and
+``hub.extraConfig``, with the in-cluster addresses mapped) adds routes that both replicas serve
+when ``add_route`` returns, also after one etcd member is stopped.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import entry_points
 from pathlib import Path
 from threading import Thread
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from traitlets.config import Config
 
-from eventproxy.projectors.traefik_config import kv_pairs
-from eventproxy.table import RouteEntry
 from support import LOOPBACK, ChildProcess, free_port, wait_until
 from support.etcd import ETCD_BIN, require_etcd
 from support.helm import HelmMissing, require_helm
@@ -38,6 +41,7 @@ from support.traefik import TRAEFIK_BIN, require_traefik
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "eventproxy"
+OVERLAY = ROOT / "charts" / "z2jh-overlay.yaml"
 RELEASE = "eventproxy"
 
 pytestmark = pytest.mark.services
@@ -157,7 +161,11 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def test_the_rendered_etcd_and_traefik_run_and_serve_a_route(tmp_path: Path, backend: int) -> None:
+@pytest.mark.anyio
+@pytest.mark.timeout(300)
+async def test_the_rendered_configuration_serves_routes_added_through_eventproxy(
+    tmp_path: Path, backend: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_etcd()
     require_traefik()
     manifests = render()
@@ -268,56 +276,65 @@ def test_the_rendered_etcd_and_traefik_run_and_serve_a_route(tmp_path: Path, bac
             ready_url = probe_url.replace("127.0.0.1:8082", f"{LOOPBACK}:{probe_port}")
             assert get(ready_url)[0] == 404
 
-        # --- a route, projected as the eventproxy etcd user ---------------------------------
-        token = etcd_call(
-            endpoint,
-            "/v3/auth/authenticate",
-            {"name": "eventproxy", "password": passwords["eventproxy-password"]},
-        )["token"]
-        route = RouteEntry.create("/user/alice/", f"http://{LOOPBACK}:{backend}", {}, 1)
-        root = static["TRAEFIK_PROVIDERS_ETCD_ROOTKEY"]
-        puts = [
-            {"request_put": {"key": b64(k), "value": b64(v)}}
-            for k, v in kv_pairs([route], root, seq=1).items()
+        # --- the hub: EventProxy configured as the z2jh overlay configures it -------------
+        overlay = yaml.safe_load(OVERLAY.read_text())["hub"]
+        for name, spec in overlay["extraEnv"].items():
+            if isinstance(spec, str):
+                monkeypatch.setenv(name, spec)
+            else:
+                ref = spec["valueFrom"]["secretKeyRef"]
+                monkeypatch.setenv(name, secret_data(manifests, ref["name"])[ref["key"]])
+        c = Config()
+        for section, values in overlay["config"].items():  # as z2jh's jupyterhub_config.py
+            c[section].update(values)
+        for code in overlay["extraConfig"].values():
+            exec(code, {"c": c})
+        settings = c.EventProxy
+        settings.log_url = addresses(settings.log_url)
+        # the headless API Service resolves to every replica's address
+        (api_service,) = settings.traefik_api_urls
+        assert api_service == f"http://{RELEASE}-traefik-api:{static_port(static)}"
+        settings.traefik_api_urls = [f"http://{LOOPBACK}:{api}" for _w, api, _p, _c in replicas]
+        (entry,) = [
+            e
+            for e in entry_points(group="jupyterhub.proxies")
+            if e.name == c.JupyterHub.proxy_class
         ]
-        etcd_call(endpoint, "/v3/kv/txn", {"success": puts}, token)
-        for web, _api, probe_port, child in replicas:
-            ready_url = probe_url.replace("127.0.0.1:8082", f"{LOOPBACK}:{probe_port}")
-            wait_until(
-                lambda url=ready_url: get(url)[0] == 200,
-                timeout=30,
-                what="traefik ready by the chart's probe",
-                alive=child.check_alive,
-            )
-            status, body = get(f"http://{LOOPBACK}:{web}/user/alice/lab")
-            assert (status, body) == (200, b"backend saw /user/alice/lab")
-            assert get(f"http://{LOOPBACK}:{web}/user/alicex/")[0] == 404
+        proxy_class = entry.load()
+        proxy = proxy_class(config=c, public_url=f"http://{LOOPBACK}:{free_port()}/")
+        assert proxy.data_plane == "traefik" and proxy.should_start is False
+        assert proxy.traefik_api_password == api_secret["password"]
+        target = f"http://{LOOPBACK}:{backend}"
+        clients = [httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{w}") for w, *_ in replicas]
+        try:
+            await proxy.add_route("/user/alice/", target, {"user": "alice"})
+            for client, (_web, _api, probe_port, _child) in zip(clients, replicas, strict=True):
+                r = await client.get("/user/alice/lab")  # no wait: routed when add_route returns
+                assert (r.status_code, r.text) == (200, "backend saw /user/alice/lab")
+                assert (await client.get("/user/alicex/")).status_code == 404
+                ready_url = probe_url.replace("127.0.0.1:8082", f"{LOOPBACK}:{probe_port}")
+                assert get(ready_url)[0] == 200  # ready by the chart's probe
 
-        # --- one etcd member goes: still served, and a change still arrives -----------------
-        children[0].stop()
-        route2 = RouteEntry.create("/user/bob/", f"http://{LOOPBACK}:{backend}", {}, 2)
-        puts = [
-            {"request_put": {"key": b64(k), "value": b64(v)}}
-            for k, v in kv_pairs([route, route2], root, seq=2).items()
-        ]
-        second = f"http://{LOOPBACK}:{members[1].client}"
-        token = etcd_call(
-            second,
-            "/v3/auth/authenticate",
-            {"name": "eventproxy", "password": passwords["eventproxy-password"]},
-        )["token"]
-        etcd_call(second, "/v3/kv/txn", {"success": puts}, token)
-        for web, _api, _probe, child in replicas:
-            wait_until(
-                lambda web=web: get(f"http://{LOOPBACK}:{web}/user/bob/")[0] == 200,
-                timeout=30,
-                what="traefik serving a route added with one etcd member down",
-                alive=child.check_alive,
-            )
-            assert get(f"http://{LOOPBACK}:{web}/user/alice/")[0] == 200
+            # --- one etcd member goes: routes still served, and changes still go through ---
+            children[0].stop()
+            await proxy.add_route("/user/bob/", target, {})
+            await proxy.delete_route("/user/alice/")
+            for client in clients:
+                assert (await client.get("/user/bob/tree")).status_code == 200
+                assert (await client.get("/user/alice/lab")).status_code == 404
+            routes = await proxy.get_all_routes()
+            assert set(routes) == {"/user/bob/"}
+        finally:
+            for client in clients:
+                await client.aclose()
+            await proxy.stop()
     finally:
         for child in reversed(children):
             child.stop()
+
+
+def static_port(static: dict[str, str]) -> int:
+    return int(static["TRAEFIK_ENTRYPOINTS_TRAEFIK_ADDRESS"].rsplit(":", 1)[1])
 
 
 def test_traefik_refuses_an_unknown_setting(tmp_path: Path) -> None:
