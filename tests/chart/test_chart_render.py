@@ -165,8 +165,10 @@ def test_every_container_has_resources_and_probes(manifests: list[Manifest]) -> 
             requests = c["resources"]["requests"]
             assert requests["cpu"] and requests["memory"], c["name"]
             assert c["resources"]["limits"]["memory"], c["name"]
-            if w["kind"] == "Job":
-                continue  # runs to completion: the Job's retries are its health check
+        if w["kind"] == "Job":
+            continue  # runs to completion: the Job's retries are its health check
+        # (init containers run to completion before the pod starts: Kubernetes allows no probes)
+        for c in pod_template(w)["spec"]["containers"]:
             assert "readinessProbe" in c and "livenessProbe" in c, (w["metadata"]["name"], c)
 
 
@@ -273,7 +275,9 @@ def test_traefik_reads_etcd_and_waits_for_the_routes(default_manifests: list[Man
         in named(default_manifests, "ConfigMap", f"{name}-traefik-dynamic")["data"]["api.yaml"]
     )
     deployment = named(default_manifests, "Deployment", f"{name}-traefik")
-    (container,) = containers(deployment)
+    (container,) = pod_template(deployment)["spec"]["containers"]
+    (init,) = pod_template(deployment)["spec"]["initContainers"]
+    assert ":{SHA}" in init["command"][-1]  # a random token: no slow hash per API call
     password = env_of(container)["TRAEFIK_PROVIDERS_ETCD_PASSWORD"]["valueFrom"]["secretKeyRef"]
     assert password == {"name": f"{name}-etcd-auth", "key": "reader-password"}
     probe = " ".join(container["readinessProbe"]["exec"]["command"])

@@ -225,8 +225,22 @@ async def test_the_rendered_configuration_serves_routes_added_through_eventproxy
         probe = traefik_container["readinessProbe"]["exec"]["command"]
         probe_url = probe[-1]
         assert probe[0] == "wget" and probe_url.startswith("http://127.0.0.1:8082/")
+        # the init container derives traefik's users file from the API Secret
+        secret_dir = tmp_path / "traefik-api"
+        secret_dir.mkdir()
+        for key, value in api_secret.items():
+            (secret_dir / key).write_text(value)
         users = tmp_path / "users"
-        users.write_text(api_secret["users"])
+        (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+        command = [
+            part.replace("/etc/eventproxy/traefik-api", str(secret_dir)).replace(
+                "/etc/traefik/api-auth/users", str(users)
+            )
+            for part in init["command"]
+        ]
+        assert command[0] == "python3"
+        subprocess.run([sys.executable, *command[1:]], check=True, timeout=30)
+        assert users.read_text().startswith(api_secret["username"] + ":{SHA}")
         (tmp_path / "api.yaml").write_text(
             dynamic.replace("/etc/traefik/api-auth/users", str(users))
         )
