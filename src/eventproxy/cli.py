@@ -25,6 +25,7 @@ from eventproxy_dataplane.cli import parse_address
 from eventproxy_dataplane.etcd import EtcdOptions
 
 from ._errors import EventProxyError
+from .cli_project import add_projector_commands
 from .demo import add_demo_arguments, cmd_demo
 from .events import Record, RouteAdded
 from .log import RouteLog, open_log
@@ -411,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--loop", choices=("asyncio", "trio"), default="asyncio")
     p.add_argument("--error-target", metavar="URL", help="error pages: GET URL/CODE?url=...")
+
+    add_projector_commands(add, etcd_options)
 
     p = add("compact", cmd_compact, "Snapshot the table and drop events older than the retention.")
     p.add_argument(

@@ -108,6 +108,10 @@ class GatewayKV:
         kvs = result.range_kvs(0) if result.responses else []
         return False, (_text(kvs[0].value) if kvs else None)
 
+    @property
+    def client(self) -> EtcdClient:
+        return self._client
+
     async def aclose(self) -> None:
         if self._own:
             await self._client.aclose()
