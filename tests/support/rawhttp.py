@@ -135,6 +135,7 @@ async def exchange(
     buf = bytearray()
     got: list[Response] = []
     sentinel_sent = False
+    before_sentinel = 0  # responses complete when the sentinel was sent
     async with await anyio.connect_tcp(LOOPBACK, port) as stream:
         await stream.send(raw)
         if client_eof:
@@ -152,20 +153,16 @@ async def exchange(
                     if any(r.header(b"connection") == b"close" for r in got):
                         continue  # the proxy announced the close: wait for it
                     sentinel_sent = True
+                    before_sentinel = len(got)
                     try:
                         await stream.send(SENTINEL)
                     except (anyio.BrokenResourceError, OSError):
                         break
     got, rest = parse_responses(bytes(buf), eof=True)
-    kept_open = False
-    if sentinel_sent and got and _is_sentinel_answer(got[-1]):
-        kept_open = True
-        got = got[:-1]
+    kept_open = sentinel_sent and len(got) > before_sentinel
+    if kept_open:
+        got = got[:-1]  # the sentinel's answer: the connection was still usable
     return Exchange(got, kept_open, timed_out=scope.cancelled_caught, garbage=rest)
-
-
-def _is_sentinel_answer(resp: Response) -> bool:
-    return resp.status == 200 and resp.body in (b"ok", b"end")
 
 
 # -- the backend side --------------------------------------------------------------------------
