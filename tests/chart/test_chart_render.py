@@ -460,3 +460,25 @@ def test_auth_setup_job_gives_the_script_what_it_reads(manifests: list[Manifest]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     configmap = named(manifests, "ConfigMap", f"{name}-etcd-auth-setup")
     assert configmap["data"]["etcd_auth_setup.py"].strip() == script.strip()
+
+
+def test_schema_describes_every_value_and_refuses_unknown_keys() -> None:
+    import json
+
+    import yaml
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(node: dict[str, Any], value: Any, path: str) -> None:
+        assert node.get("description"), f"{path}: no description"
+        if "properties" in node:  # a fixed set of keys: nothing else is accepted
+            assert node["additionalProperties"] is False, path
+            assert isinstance(value, dict), path
+            assert set(value) <= set(node["properties"]), path
+            for key, child in node["properties"].items():
+                walk(child, value.get(key), f"{path}.{key}")
+
+    walk(schema, values, "values")
+    # every default value is in the schema (helm would refuse it otherwise; checked directly)
+    assert set(values) <= set(schema["properties"])
