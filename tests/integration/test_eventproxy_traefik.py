@@ -275,3 +275,28 @@ async def test_two_replicas_on_one_etcd_and_one_killed(
         await proxy.stop()
         for t in replicas:
             t.stop()
+
+
+async def test_last_activity_from_traefik_metrics(tmp_path: Path, backends: dict[str, str]) -> None:
+    proxy = make_proxy(tmp_path)
+    proxy.traefik_activity_interval = 0.2
+    await proxy.start()
+    try:
+        assert proxy._traefik is not None
+        await proxy.add_route("/user/busy/", backends["alice"], {})
+        await proxy.add_route("/user/idle/", backends["bob"], {})
+        await proxy._traefik.scrape()
+        assert "last_activity" not in (await proxy.get_all_routes())["/user/busy/"]["data"]
+        async with httpx.AsyncClient(base_url=proxy.public_url) as client:
+            assert (await client.get("/user/busy/api/status")).status_code == 200
+        for _ in range(100):  # the next scrape (every 0.2 s) sees the counter move
+            routes = await proxy.get_all_routes()
+            if "last_activity" in routes["/user/busy/"]["data"]:
+                break
+            await asyncio.sleep(0.05)
+        assert routes["/user/busy/"]["data"]["last_activity"].endswith("Z")
+        assert "last_activity" not in routes["/user/idle/"]["data"]  # no traffic, no activity
+        route = await proxy.get_route("/user/busy/")
+        assert route is not None and "last_activity" in route["data"]
+    finally:
+        await proxy.stop()

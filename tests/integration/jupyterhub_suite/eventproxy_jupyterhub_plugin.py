@@ -7,7 +7,8 @@ own tests need pytest-asyncio, which the project's suite does not use; see
 ``c.JupyterHub.proxy_class = "eventproxy"``), and marks the tests that cannot pass with a proxy
 other than configurable-http-proxy as not-run xfails, each with the reason.
 
-``EVENTPROXY_JH_SUITE_PROXY=chp`` leaves JupyterHub's default proxy in place (a baseline run).
+``EVENTPROXY_JH_SUITE_PROXY=chp`` leaves JupyterHub's default proxy in place (a baseline run);
+``EVENTPROXY_JH_SUITE_DATA_PLANE=traefik`` runs them with EventProxy starting traefik.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def pytest_configure(config: pytest.Config) -> None:
         original(self, *args, **kwargs)
         if "log_url" not in self.config.EventProxy:
             self.config.EventProxy.log_url = f"file://{log_dir / f'routes-{next(counter)}.log'}"
+        plane = os.environ.get("EVENTPROXY_JH_SUITE_DATA_PLANE")
+        if plane and "data_plane" not in self.config.EventProxy:
+            self.config.EventProxy.data_plane = plane
 
     MockHub.__init__ = __init__
 
