@@ -485,13 +485,37 @@ async def test_jupyterhub_escaped_names(
     assert await _backend_of(put, f"{spec}lab") in ("walnut-default", "root")
 
 
+_TRAEFIK = ("eventproxy[traefik-file]", "eventproxy[traefik-etcd]")
+
+
 @pytest.mark.parametrize(
     "case",
     [
-        Case("dollar", "/user/walnut/$p~c|a!%20ch@rs/"),
-        Case("lowercase-escapes", "/user/walnut/%24p~c%7ca%21%20ch@rs/"),
+        pytest.param(
+            Case("dollar", "/user/walnut/$p~c|a!%20ch@rs/"),
+            id="dollar",
+            marks=[
+                proxy_difference(
+                    *_TRAEFIK,
+                    reason="traefik 3.7 routes on a path that keeps escapes of reserved "
+                    "characters, and Go re-escapes a target holding a raw '|' (the '!' becomes "
+                    "%21): this mixed spelling matches neither spelling the rule carries "
+                    "(JupyterHub's, or all-raw); see docs/traefik.md",
+                )
+            ],
+        ),
+        pytest.param(
+            Case("lowercase-escapes", "/user/walnut/%24p~c%7ca%21%20ch@rs/"),
+            id="lowercase-escapes",
+            marks=[
+                proxy_difference(
+                    *_TRAEFIK,
+                    reason="routed to the same server, but traefik forwards the path "
+                    "re-encoded with upper-case hex (%7c arrives as %7C)",
+                )
+            ],
+        ),
     ],
-    ids=["dollar", "lowercase-escapes"],
 )
 async def test_other_spellings_of_escaped_names(
     conformance_proxy: ProxyUnderTest, conformance_backends: Backends, case: Case
