@@ -84,5 +84,21 @@ class AppendConflictError(LogError):
     """A concurrent writer moved the log's head; the append was not applied."""
 
 
+class DurableNotVisibleError(EventProxyError):
+    """A route change is durable in the log, but this proxy could not make it visible.
+
+    Reading the change back or applying it to the data plane failed after the append succeeded
+    (or the data plane refused the route). The log stays the source of truth: the change is not
+    undone, and the proxy applies what it missed when it next catches up (the next change, or a
+    restart); adding the same route again retries it. ``routespec`` and ``seq`` (the record's
+    position in the log) say which change.
+    """
+
+    def __init__(self, message: str, *, routespec: str, seq: int | None) -> None:
+        super().__init__(message)
+        self.routespec = routespec
+        self.seq = seq
+
+
 class VisibilityTimeoutError(EventProxyError, TimeoutError):
     """A route change was durable but not confirmed visible on every data plane in time."""

@@ -6,6 +6,12 @@ the route log.
 (routers added, replaced or removed), as one synchronous step: a lookup sees the table before or
 after a batch, never half of it, and requests in flight keep the backend they were routed to.
 The applied ``seq`` only moves forward, one record at a time, so a record is applied exactly once.
+
+A route the data plane refuses stays in the table (the log is the source of truth) and is not
+served; :meth:`PlaneProjection.apply` returns it with the reason (``refused``), so that the
+caller who added it is told, and keeps it in :attr:`PlaneProjection.unserved`, so that adding the
+same route again tries the data plane again. An older version of a refused route is removed from
+the plane: it never keeps sending traffic to the server the log no longer names.
 """
 
 from __future__ import annotations
@@ -47,63 +53,83 @@ class PlaneProjection:
         self.plane = plane
         self.table = table if table is not None else RouteTable()
         self._log = log
+        self.unserved: dict[str, str] = {}  # routespec -> why the data plane refused it
         if plane is not None and len(self.table):
-            self._push(self._entries(self.table.values()), [])
+            self._push(list(self.table.values()), [])
 
     @property
     def seq(self) -> int:
         return self.table.seq
 
-    def attach(self, plane: DataPlane) -> None:
-        """Start feeding ``plane``: it receives every current route at once."""
+    def attach(self, plane: DataPlane) -> dict[str, str]:
+        """Start feeding ``plane``: it receives every current route at once. Returns the routes
+        it refused (routespec -> reason)."""
         self.plane = plane
-        self._push(self._entries(self.table.values()), [])
+        return self._push(list(self.table.values()), [])
 
-    def _entries(self, entries: Iterable[RouteEntry]) -> list[tuple[RouterSpec, ServiceSpec]]:
-        """Plane entries for ``entries``; a route the plane cannot take is logged and skipped,
-        never allowed to stop the projection (the log stays the source of truth)."""
-        out = []
-        for entry in entries:
-            try:
-                out.append(plane_entry(entry))
-            except (DataPlaneError, ValueError) as exc:
-                self._log.error(
-                    "data plane cannot route %s -> %s: %s", entry.routespec, entry.target, exc
-                )
-        return out
-
-    def reset(self, table: RouteTable) -> None:
-        """Replace the table wholesale (e.g. after loading a snapshot); the plane gets the diff."""
+    def reset(self, table: RouteTable) -> dict[str, str]:
+        """Replace the table wholesale (e.g. after loading a snapshot); the plane gets the diff.
+        Returns the routes the plane refused (routespec -> reason)."""
         before, self.table = self.table, table
         if self.plane is None:
-            return
-        upserts = self._entries(e for spec, e in table.items() if before.get(spec) != e)
-        removals = [name_for(spec) for spec in before if spec not in table]
-        self._push(upserts, removals)
+            return {}
+        upserts = [e for spec, e in table.items() if before.get(spec) != e or spec in self.unserved]
+        removals = [spec for spec in before if spec not in table]
+        return self._push(upserts, removals)
 
-    def apply(self, records: Sequence[Record] | Iterable[Record]) -> None:
-        """Fold ``records`` (the next ones in the log) and apply the difference."""
+    def apply(self, records: Sequence[Record] | Iterable[Record]) -> dict[str, str]:
+        """Fold ``records`` (the next ones in the log) and apply the difference. Returns the
+        routes of this batch the data plane refused (routespec -> reason); they are in the table
+        all the same."""
         records = list(records)
         if not records:
-            return
+            return {}
         before = self.table
         with paused_gc():
             after = fold_all(before, records)
         self.table = after
         if self.plane is None:
-            return
+            return {}
         changed = []
         removals = []
         for spec in {r.event.routespec for r in records}:
             entry = after.get(spec)
             if entry is None:
                 if spec in before:
-                    removals.append(name_for(spec))
-            elif before.get(spec) != entry:
+                    removals.append(spec)
+            elif before.get(spec) != entry or spec in self.unserved:
                 changed.append(entry)
-        self._push(self._entries(changed), removals)
+        return self._push(changed, removals)
 
-    def _push(self, upserts: list[tuple[RouterSpec, ServiceSpec]], removals: list[str]) -> None:
+    def _push(self, changed: list[RouteEntry], removed: list[str]) -> dict[str, str]:
+        """Hand the plane the routes ``changed`` and remove the routespecs ``removed``, as one
+        step; returns (and logs) the routes it refused, and keeps them in ``unserved``."""
         assert self.plane is not None
-        for problem in self.plane.apply(upserts, removals):
-            self._log.error("data plane refused a route: %s: %s", problem.where, problem.message)
+        refused: dict[str, str] = {}
+        upserts: list[tuple[RouterSpec, ServiceSpec]] = []
+        removals = [name_for(spec) for spec in removed]
+        specs: dict[str, str] = {}  # router name -> routespec
+        for entry in changed:
+            try:
+                router, service = plane_entry(entry)
+            except (DataPlaneError, ValueError) as exc:
+                refused[entry.routespec] = str(exc)
+                removals.append(name_for(entry.routespec))  # never serve an older version
+                continue
+            upserts.append((router, service))
+            specs[router.name] = entry.routespec
+        problems = self.plane.apply(upserts, removals)
+        for problem in problems:
+            name = problem.where.removeprefix("http.routers.").rsplit(".", 1)[0]
+            refused[specs.get(name, name)] = problem.message
+        for spec in removed:
+            self.unserved.pop(spec, None)
+        for spec in specs.values():
+            if spec not in refused:
+                self.unserved.pop(spec, None)
+        for spec, reason in refused.items():
+            self.unserved[spec] = reason
+            entry_ = self.table.get(spec)
+            target = entry_.target if entry_ is not None else "?"
+            self._log.error("data plane refused the route %s -> %s: %s", spec, target, reason)
+        return refused

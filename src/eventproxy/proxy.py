@@ -15,6 +15,14 @@ Theory of operation
   awaits return: a route is visible when ``add_route`` returns.
 * ``get_all_routes`` reads the folded table in memory (never the store), adding
   ``last_activity`` from the data plane's activity records.
+* Each caller learns what happened to *its* change: the append's error if the batch was not
+  written (the log is unchanged); :class:`DurableNotVisibleError` if it was written but reading
+  it back, applying it, or the data plane refused *that* route (the log keeps it: it applies on
+  the next catch-up, and adding it again retries the plane). A route no log can store is refused
+  in ``add_route`` itself, so it never fails the other callers of its batch.
+* ``stop()`` refuses new changes, lets the queued ones finish, and fails explicitly those that
+  cannot finish within ``visibility_timeout`` (not written: :class:`EventProxyError`; written or
+  not, unknown: :class:`VisibilityTimeoutError`); only then is the log closed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -36,11 +45,17 @@ from traitlets import Float, Unicode, default, validate
 from eventproxy_dataplane import DataPlane, DataPlaneError, ProxySettings, RoutingTable
 from eventproxy_dataplane.etcd import EtcdOptions
 
-from ._errors import EventProxyError, InvalidRouteDataError, VisibilityTimeoutError
+from ._errors import (
+    DurableNotVisibleError,
+    EventProxyError,
+    InvalidRouteDataError,
+    VisibilityTimeoutError,
+)
 from ._gc import paused_gc
-from .events import Event, RouteAdded, RouteRemoved
+from .events import Event, Record, RouteAdded, RouteRemoved, encode_record, now_utc
 from .log import RouteLog, open_log
 from .log.etcd import etcd_options_from_env
+from .log._base import encode_or_refuse
 from .projection import PlaneProjection, plane_entry
 from .routespec import RouteSpec, parse_routespec
 from .table import RouteEntry, RouteTable
@@ -56,6 +71,10 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _always(error: BaseException) -> Callable[[Event], BaseException]:
+    return lambda _event: error
+
+
 class _Pending:
     """Events waiting for the next group commit, with the futures of their callers."""
 
@@ -65,6 +84,12 @@ class _Pending:
         self.events: list[Event] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.since = 0.0  # loop time of the first event: the callers' deadlines start here
+
+    def fail(self, error: Callable[[Event], BaseException]) -> None:
+        """Fail every caller still waiting, with ``error(its event)``."""
+        for event, waiter in zip(self.events, self.waiters, strict=True):
+            if not waiter.done():
+                waiter.set_exception(error(event))
 
 
 class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is untyped
@@ -162,6 +187,8 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         self._inflight: _Pending | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._traefik: TraefikPlane | None = None
+        self._stopping = False
+        self._flush_crash: Exception | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -291,27 +318,64 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         self.log.error("eventproxy: the in-process data plane stopped unexpectedly: %r", exc)
 
     async def stop(self) -> None:
-        """Stop serving and close the log."""
-        task, self._serve_task = self._serve_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._flush_task is not None:  # let queued route changes finish before closing
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._flush_task), self.visibility_timeout)
-        traefik, self._traefik = self._traefik, None
-        if traefik is not None:
-            await traefik.stop()
-        log, self._log = self._log, None
-        if log is not None:
-            await log.aclose()
-        self._plane = None
+        """Finish (or fail, explicitly) the queued route changes, stop serving, close the log.
+
+        New changes are refused from the start. The queued ones get ``visibility_timeout`` to
+        finish; then those not yet written fail with :class:`EventProxyError` (they are not in
+        the log), the batch being written gets another ``visibility_timeout`` and, if even that
+        is not enough, is abandoned: its callers get :class:`VisibilityTimeoutError` (written or
+        not, unknown). The log is closed only once nothing is writing to it. A failure of the
+        flush itself (a bug, not a route's error: those go to their callers) is raised here.
+        """
+        self._stopping = True
+        try:
+            await self._finish_flush()
+            crash, self._flush_crash = self._flush_crash, None
+            task, self._serve_task = self._serve_task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            traefik, self._traefik = self._traefik, None
+            if traefik is not None:
+                await traefik.stop()
+        finally:
+            log, self._log = self._log, None
+            self._plane = None
+            self._stopping = False
+            if log is not None:
+                await log.aclose()
+        if crash is not None:
+            raise EventProxyError(f"eventproxy: writing route changes failed: {crash!r}") from crash
+
+    async def _finish_flush(self) -> None:
+        """Let the flush task end (see :meth:`stop`)."""
+        task = self._flush_task
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.visibility_timeout)
+        if not done:
+            pending, self._pending = self._pending, _Pending()
+            pending.fail(
+                lambda event: EventProxyError(
+                    f"eventproxy stopped before the route change for {event.routespec!r} was "
+                    f"written: it is not in the log {self.log_url}"
+                )
+            )
+            done, _ = await asyncio.wait({task}, timeout=self.visibility_timeout)
+        if not done:
+            task.cancel()  # the batch being written: its callers are told by _flush
+            await asyncio.wait({task})
 
     # -- writing ---------------------------------------------------------------------------
 
     async def _commit(self, event: Event) -> None:
         """Append ``event`` (group-committed with concurrent callers) and wait until visible."""
+        if self._stopping:
+            raise EventProxyError(
+                f"eventproxy is stopping: the route change for {event.routespec!r} was refused "
+                "(not written)"
+            )
         await self._ensure_open()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._pending.events:
@@ -320,14 +384,15 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         self._pending.waiters.append(waiter)
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+        timeout = self.visibility_timeout
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self.visibility_timeout)
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except VisibilityTimeoutError:
-            raise  # the data plane's own, more precise message (which replicas, what seq)
+            raise  # the flush's own verdict: which replicas, what seq; or stop() abandoned it
         except TimeoutError:
             raise VisibilityTimeoutError(
                 f"route change for {event.routespec!r} was not confirmed durable and visible "
-                f"within {self.visibility_timeout}s (log {self.log_url}); it may still apply"
+                f"within {timeout}s (log {self.log_url}); it may still apply"
             ) from None
 
     async def _flush(self) -> None:
@@ -336,33 +401,78 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
                 batch, self._pending = self._pending, _Pending()
                 self._inflight = batch
                 try:
-                    assert self._log is not None
-                    await self._log.append(batch.events, actor=self.actor)
-                    records = await self._log.read(self._projection.seq + 1)
-                    self._projection.apply(records)
-                    if self._traefik is not None:
-                        await self._traefik.project(records, self._table)
-                        # end before the callers' deadline, so that the error naming the
-                        # replicas reaches them (not a bare timeout)
-                        left = (
-                            batch.since
-                            + self.visibility_timeout
-                            - asyncio.get_running_loop().time()
+                    await self._write(batch)
+                except asyncio.CancelledError:  # stop() gave up on this batch
+                    batch.fail(
+                        lambda event: VisibilityTimeoutError(
+                            f"eventproxy stopped while the route change for {event.routespec!r} "
+                            f"was being written to the log {self.log_url}: it may or may not be "
+                            "in the log"
                         )
-                        margin = min(0.25, self.visibility_timeout / 10)
-                        await self._traefik.confirm(self._table.seq, max(0.05, left - margin))
-                except Exception as exc:
-                    for waiter in batch.waiters:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                else:
-                    for waiter in batch.waiters:
-                        if not waiter.done():
-                            waiter.set_result(None)
+                    )
+                    raise
+                except Exception as exc:  # a bug in _write: tell every caller, and stop()
+                    self.log.error("eventproxy: writing route changes failed: %r", exc)
+                    self._flush_crash = exc
+                    pending, self._pending = self._pending, _Pending()
+                    for failed in (batch, pending):
+                        failed.fail(_always(exc))
                 finally:
                     self._inflight = None
         finally:
             self._flush_task = None
+
+    async def _write(self, batch: _Pending) -> None:
+        """Append one batch and make it visible; tell each caller what became of its change."""
+        log = self._log
+        assert log is not None
+        try:
+            seqs = await log.append(batch.events, actor=self.actor)
+        except Exception as exc:  # not written: the log is unchanged
+            batch.fail(_always(exc))
+            return
+        error: Exception | None = None
+        refused: dict[str, str] = {}
+        try:
+            records = await log.read(self._projection.seq + 1)
+            refused = self._projection.apply(records)
+            if self._traefik is not None:
+                await self._traefik.project(records, self._table)
+                # end before the callers' deadline, so that the error naming the
+                # replicas reaches them (not a bare timeout)
+                left = batch.since + self.visibility_timeout - asyncio.get_running_loop().time()
+                margin = min(0.25, self.visibility_timeout / 10)
+                await self._traefik.confirm(self._table.seq, max(0.05, left - margin))
+        except VisibilityTimeoutError as exc:  # durable; the plane's own precise message
+            batch.fail(_always(exc))
+            return
+        except Exception as exc:
+            error = exc
+        for event, seq, waiter in zip(batch.events, seqs, batch.waiters, strict=True):
+            if waiter.done():
+                continue
+            where = f"at seq {seq} of the log {self.log_url}"
+            reason = refused.get(event.routespec)
+            if error is not None:
+                problem = DurableNotVisibleError(
+                    f"the route change for {event.routespec!r} is durable ({where}) but could "
+                    f"not be made visible: {error}; it applies when eventproxy next catches up",
+                    routespec=event.routespec,
+                    seq=seq,
+                )
+                problem.__cause__ = error
+                waiter.set_exception(problem)
+            elif reason is not None and isinstance(event, RouteAdded):
+                waiter.set_exception(
+                    DurableNotVisibleError(
+                        f"the route {event.routespec!r} -> {event.target!r} is in the log "
+                        f"({where}) but the data plane refused it: {reason}; it is not served",
+                        routespec=event.routespec,
+                        seq=seq,
+                    )
+                )
+            else:
+                waiter.set_result(None)
 
     @property
     def _table(self) -> RouteTable:
@@ -377,6 +487,9 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             plane_entry(RouteEntry.create(event.routespec, event.target, event.data, 0))
         except DataPlaneError as exc:
             raise InvalidRouteDataError(f"route {spec.raw!r} -> {target!r}: {exc}") from None
+        # ... and what no log could store, so that it cannot fail the other changes of its batch
+        record = Record(seq=1, ts=now_utc(), actor=self.actor, event=event)
+        encode_or_refuse(lambda: encode_record(record), [record])
         await self._commit(event)
 
     def _check_mode_unless_known(self, spec: RouteSpec, known: bool) -> None:
