@@ -54,8 +54,8 @@ from ._errors import (
 from ._gc import paused_gc
 from .events import Event, Record, RouteAdded, RouteRemoved, encode_record, now_utc
 from .log import RouteLog, open_log
-from .log.etcd import etcd_options_from_env
 from .log._base import encode_or_refuse
+from .log.etcd import etcd_options_from_env
 from .projection import PlaneProjection, plane_entry
 from .routespec import RouteSpec, parse_routespec
 from .table import RouteEntry, RouteTable
