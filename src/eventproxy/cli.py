@@ -20,8 +20,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import anyio
+import anyio.abc
 
-from eventproxy_dataplane.cli import parse_address
+import eventproxy_dataplane.cli as node_cli
+from eventproxy_dataplane import SettingsError
 from eventproxy_dataplane.etcd import EtcdOptions
 
 from ._errors import EventProxyError
@@ -268,29 +270,44 @@ async def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_dataplane(args: argparse.Namespace, out: TextIO) -> int:
-    from eventproxy_dataplane import ProxySettings
+    """A data-plane node: the data plane's own command, with the route log as one more source."""
+    source = node_cli.config_source(args)
+    if source is None:
+        source = _log_source(args)
+        what = args.log_url
+    else:
+        what = args.config or f"{args.etcd} (prefix {args.prefix})"
 
-    from .serve import serve_log
-
-    settings = ProxySettings(error_target=args.error_target)
-    async with anyio.create_task_group() as tg:
-        ports = await tg.start(
-            lambda task_status: serve_log(
-                args.log_url,
-                args.listen,
-                admin=args.admin,
-                settings=settings,
-                etcd=etcd_options(args),
-                task_status=task_status,
-            )
-        )
-        where = [f"{host}:{port}" for (host, _), port in zip(args.listen, ports, strict=True)]
+    def ready(listening: list[str], admin: str | None) -> None:
         if args.json:
-            out.write(json.dumps({"listening": where, "log_url": args.log_url}) + "\n")
+            ready_line = {"listening": listening, "admin": admin, "source": what}
+            if args.log_url:
+                ready_line["log_url"] = args.log_url
+            out.write(json.dumps(ready_line) + "\n")
         else:
-            out.write(f"eventproxy dataplane: serving {args.log_url} on {', '.join(where)}\n")
+            extra = f" (admin on {admin})" if admin else ""
+            out.write(f"eventproxy dataplane: serving {what} on {', '.join(listening)}{extra}\n")
         out.flush()
+
+    await node_cli.serve_node(args, args.node_settings, source, ready=ready)
     return 0
+
+
+def _log_source(args: argparse.Namespace) -> node_cli.Source:
+    from eventproxy_dataplane import DataPlane
+
+    from .projection import PlaneProjection
+    from .serve import follow_log
+
+    etcd = etcd_options(args)
+
+    async def source(
+        plane: DataPlane, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        projection = PlaneProjection(plane)
+        await follow_log(args.log_url, projection, etcd=etcd, task_status=task_status)
+
+    return source
 
 
 # -- etcd credentials --------------------------------------------------------------------------
@@ -349,6 +366,14 @@ def etcd_options(args: argparse.Namespace) -> EtcdOptions:
 # -- parser ------------------------------------------------------------------------------------
 
 Command = Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
+LOG_URL_HELP = (
+    "route log: memory://, file:///path/routes.log or etcd://host:2379/prefix "
+    f"(default: $EVENTPROXY_LOG_URL or {DEFAULT_LOG_URL})"
+)
+
+
+def default_log_url() -> str:
+    return os.environ.get("EVENTPROXY_LOG_URL", DEFAULT_LOG_URL)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,12 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument(
-            "--log-url",
-            default=os.environ.get("EVENTPROXY_LOG_URL", DEFAULT_LOG_URL),
-            help="route log: memory://, file:///path/routes.log or etcd://host:2379/prefix "
-            "(default: $EVENTPROXY_LOG_URL or %(default)s)",
-        )
+        p.add_argument("--log-url", default=default_log_url(), help=LOG_URL_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable JSON output")
         add_etcd_arguments(p)
         p.set_defaults(func=func)
@@ -389,29 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--at", type=parse_seq, help="the table after this seq (default: head)")
     at.add_argument("--until", type=parse_time, help="the table as of this time")
 
-    p = add(
-        "dataplane",
-        cmd_dataplane,
-        "Run a standalone data plane serving the routes of the log (read-only, follows appends). "
-        "With --config FILE or --etcd URL it serves traefik dynamic configuration instead "
-        "(see `eventproxy dataplane --config x --help`).",
+    # The data plane's own command line (one option set), with the route log as a source: the
+    # log (--log-url, the default), or traefik dynamic configuration (--config or --etcd).
+    dataplane_help = (
+        "Run a standalone data-plane node serving the routes of the log (read-only, follows "
+        "appends), or traefik dynamic configuration from --config FILE or --etcd URL."
     )
-    p.add_argument(
-        "--listen",
-        type=parse_address,
-        action="append",
-        required=True,
-        metavar="HOST:PORT",
-        help="public listener (repeatable)",
+    p = sub.add_parser("dataplane", help=dataplane_help, description=dataplane_help)
+    node_cli.add_node_arguments(p).add_argument(
+        "--log-url", help=f"{LOG_URL_HELP}; used when neither --config nor --etcd is given"
     )
-    p.add_argument(
-        "--admin",
-        type=parse_address,
-        metavar="HOST:PORT",
-        help="private listener for /health and /metrics",
-    )
-    p.add_argument("--loop", choices=("asyncio", "trio"), default="asyncio")
-    p.add_argument("--error-target", metavar="URL", help="error pages: GET URL/CODE?url=...")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON ready line")
+    add_etcd_arguments(p)
+    p.set_defaults(func=cmd_dataplane)
 
     add_projector_commands(add, etcd_options)
 
@@ -425,27 +435,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _traefik_config_dataplane(argv: Sequence[str]) -> bool:
-    return (
-        bool(argv)
-        and argv[0] == "dataplane"
-        and any(
-            a in ("--config", "--etcd") or a.startswith(("--config=", "--etcd=")) for a in argv[1:]
-        )
-    )
-
-
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if _traefik_config_dataplane(argv):
-        from eventproxy_dataplane.cli import main as dataplane_main
-
-        return dataplane_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     stream = out if out is not None else sys.stdout
     backend = getattr(args, "loop", "asyncio")
+    options: dict[str, Any] = {}
+    if args.command == "dataplane":
+        if not (args.config or args.etcd or args.log_url):
+            args.log_url = default_log_url()
+        node_cli.configure_logging(args)
+        try:
+            args.node_settings = node_cli.settings_from_args(args)
+        except SettingsError as exc:
+            parser.error(f"dataplane: {exc}")
+        options = node_cli.backend_options(backend)
     try:
-        result: int = anyio.run(args.func, args, stream, backend=backend)
+        result: int = anyio.run(args.func, args, stream, backend=backend, backend_options=options)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
