@@ -436,10 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run one command; its exit status. Output to a closed pipe ends it quietly (141)."""
+    stream = out if out is not None else sys.stdout
+    try:
+        code = _main(argv, stream)
+        stream.flush()  # a closed pipe must fail here, not in the interpreter's exit
+    except BaseException as exc:
+        if node_cli.broken_pipe(exc):
+            return node_cli.stdout_closed()
+        raise
+    return code
+
+
+def _main(argv: Sequence[str] | None, stream: TextIO) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    stream = out if out is not None else sys.stdout
     backend = getattr(args, "loop", "asyncio")
     options: dict[str, Any] = {}
     if args.command == "dataplane":
@@ -456,6 +468,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
+        if node_cli.broken_pipe(exc):
+            raise
         reason = _user_error(exc)
         if reason is None:
             raise

@@ -15,7 +15,9 @@ This package imports nothing from ``eventproxy``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -259,7 +261,38 @@ def _loop_name() -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
+def broken_pipe(exc: BaseException) -> bool:
+    """``exc`` is (or a task group's exceptions include) a write to a closed pipe."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(broken_pipe(inner) for inner in exc.exceptions)
+    return False
+
+
+def stdout_closed() -> int:
+    """Exit as a Unix tool does when its output pipe is closed (``cmd | head``): quietly, with
+    the status of a process killed by SIGPIPE (141). stdout is pointed at /dev/null first, so
+    that the interpreter's last flush of what is still buffered cannot complain either."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit
+    except BaseException as exc:
+        if broken_pipe(exc):
+            return stdout_closed()
+        raise
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     source = config_source(args)
@@ -276,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (OSError, BaseExceptionGroup) as exc:
-        os_error = _find_os_error(exc)
+        os_error = None if broken_pipe(exc) else _find_os_error(exc)
         if os_error is None:
             raise
         print(f"eventproxy-dataplane: {os_error}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -148,3 +149,68 @@ def test_durations() -> None:
 
     assert parse_duration("7d") == timedelta(days=7)
     assert parse_duration("90s") == timedelta(seconds=90)
+
+
+# -- a closed output pipe (``eventproxy replay | head``) ----------------------------------------
+def run_into_closed_pipe(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with stdout a pipe whose reading end is already closed: every write fails."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            argv, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["log"], ["log", "--json"], ["audit", "/user/bob/"], ["replay"], ["replay", "--json"],
+        ["compact", "--retention", "0"], ["log", "--help"],
+    ],
+    ids=lambda c: " ".join(c),
+)  # fmt: skip
+def test_a_closed_pipe_ends_every_command_quietly(log_url: str, command: list[str]) -> None:
+    done = run_into_closed_pipe(
+        [sys.executable, "-m", "eventproxy.cli", *command, "--log-url", log_url]
+    )
+    assert done.returncode in (0, 141), done.stderr
+    assert done.stderr == ""  # no traceback, no "error: [Errno 32] Broken pipe"
+
+
+def test_replay_into_head_stops_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "routes.log"
+
+    async def fill() -> None:
+        async with await FileRouteLog.open(path) as log:
+            await log.append(
+                [RouteAdded(f"/user/u{i}/", "http://127.0.0.1:9") for i in range(3000)]
+            )
+
+    anyio.run(fill)
+    # like `eventproxy replay | head -1`: far more output than a pipe buffer, reader goes away
+    with subprocess.Popen(
+        [sys.executable, "-m", "eventproxy.cli", "replay", "--log-url", f"file://{path}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        first = child.stdout.readline()
+        child.stdout.close()
+        err = child.stderr.read()
+        code = child.wait(60)
+    assert first.startswith(b"routing table at seq 3000")
+    assert code == 141 and err == b""
+
+
+def test_a_data_plane_node_with_a_closed_stdout_exits_quietly(tmp_path: Path) -> None:
+    config = tmp_path / "dynamic.toml"
+    config.write_text("[http]\n")
+    for argv in (
+        [sys.executable, "-m", "eventproxy_dataplane", "--config", str(config)],
+        [sys.executable, "-m", "eventproxy.cli", "dataplane", "--config", str(config)],
+    ):
+        done = run_into_closed_pipe([*argv, "--listen", "127.0.0.1:0", "--log-level", "ERROR"])
+        assert (done.returncode, done.stderr) == (141, ""), argv
