@@ -90,7 +90,7 @@ from .._gc import paused_gc
 from ..events import Event, Record, now_utc, packb, record_to_wire, records_from_wire, unpackb
 from ..snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
 from ..table import RouteTable, fold_all
-from ._base import CompactionResult, RouteLog
+from ._base import CompactionResult, RouteLog, encode_or_refuse
 from ._urls import redact_url
 
 __all__ = ["EtcdRouteLog", "etcd_options_from_env", "parse_etcd_url"]
@@ -532,8 +532,8 @@ class EtcdRouteLog(RouteLog):
     async def _commit(self, head: _Head, records: list[Record]) -> bool:
         """One attempt: True if the batch is in the log, False if another writer was first."""
         first, last = records[0].seq, records[-1].seq
-        with paused_gc():
-            payload = packb([record_to_wire(r) for r in records])
+        with paused_gc():  # refused whole (InvalidRouteDataError) before anything is stored
+            payload = encode_or_refuse(lambda: packb([record_to_wire(r) for r in records]), records)
         chunks = await self._stage(self._chunks, last, payload)
         doc: dict[str, Any] = {"first": first}
         if chunks is None:
