@@ -1,11 +1,13 @@
 """The data-plane projection: keep a pure-Python data plane's routing table equal to the fold of
 the route log.
 
-:class:`PlaneProjection` holds the folded :class:`RouteTable` and the data plane it feeds. Each
+:class:`PlaneProjection` holds the folded table (a :class:`FoldingTable`: each batch is folded
+in place, in O(batch), never by copying the whole table) and the data plane it feeds. Each
 :meth:`PlaneProjection.apply` folds new records and hands the data plane only the difference
-(routers added, replaced or removed), as one synchronous step: a lookup sees the table before or
-after a batch, never half of it, and requests in flight keep the backend they were routed to.
-The applied ``seq`` only moves forward, one record at a time, so a record is applied exactly once.
+(routers added, replaced or removed) through ``DataPlane.apply``, as one synchronous step: a
+lookup sees the table before or after a batch, never half of it, and requests in flight keep
+the backend they were routed to. The applied ``seq`` only moves forward, and a batch must start
+right after it, so a record is applied exactly once.
 
 A route the data plane refuses stays in the table (the log is the source of truth) and is not
 served; :meth:`PlaneProjection.apply` returns it with the reason (``refused``), so that the
@@ -24,7 +26,7 @@ from eventproxy_dataplane import DataPlane, DataPlaneError, RouterSpec, ServerSp
 from ._gc import paused_gc
 from .events import Record
 from .routespec import parse_routespec
-from .table import RouteEntry, RouteTable, fold_all
+from .table import FoldingTable, RouteEntry, RouteTable
 from .traefik import name_for, priority_for, rule_for
 
 __all__ = ["PlaneProjection", "plane_entry"]
@@ -51,15 +53,24 @@ class PlaneProjection:
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
     ) -> None:
         self.plane = plane
-        self.table = table if table is not None else RouteTable()
+        self._folded = FoldingTable(table)
         self._log = log
         self.unserved: dict[str, str] = {}  # routespec -> why the data plane refused it
+        # routespec -> its router (frozen; depends on the routespec only): a route re-added to
+        # a new server reuses it instead of parsing and formatting again. Bounded: cleared when
+        # it outgrows the table (routes removed for good).
+        self._routers: dict[str, RouterSpec] = {}
         if plane is not None and len(self.table):
             self._push(list(self.table.values()), [])
 
     @property
+    def table(self) -> RouteTable:
+        """The folded table, live (read-only; it changes as batches are applied)."""
+        return self._folded.view
+
+    @property
     def seq(self) -> int:
-        return self.table.seq
+        return self._folded.seq
 
     def attach(self, plane: DataPlane) -> dict[str, str]:
         """Start feeding ``plane``: it receives every current route at once. Returns the routes
@@ -70,7 +81,8 @@ class PlaneProjection:
     def reset(self, table: RouteTable) -> dict[str, str]:
         """Replace the table wholesale (e.g. after loading a snapshot); the plane gets the diff.
         Returns the routes the plane refused (routespec -> reason)."""
-        before, self.table = self.table, table
+        before = self.table
+        self._folded = FoldingTable(table)
         if self.plane is None:
             return {}
         upserts = [e for spec, e in table.items() if before.get(spec) != e or spec in self.unserved]
@@ -78,26 +90,26 @@ class PlaneProjection:
         return self._push(upserts, removals)
 
     def apply(self, records: Sequence[Record] | Iterable[Record]) -> dict[str, str]:
-        """Fold ``records`` (the next ones in the log) and apply the difference. Returns the
-        routes of this batch the data plane refused (routespec -> reason); they are in the table
-        all the same."""
-        records = list(records)
+        """Fold ``records`` (the next ones in the log) in place and apply the difference to the
+        plane in one step. A batch that does not start right after ``seq`` changes nothing.
+        Returns the routes of this batch the data plane refused (routespec -> reason); they are
+        in the table all the same."""
+        records = records if isinstance(records, list) else list(records)
         if not records:
             return {}
-        before = self.table
         with paused_gc():
-            after = fold_all(before, records)
-        self.table = after
+            before = self._folded.apply(records)
         if self.plane is None:
             return {}
+        after = self.table
         changed = []
         removals = []
-        for spec in {r.event.routespec for r in records}:
+        for spec, old in before.items():
             entry = after.get(spec)
             if entry is None:
-                if spec in before:
+                if old is not None:
                     removals.append(spec)
-            elif before.get(spec) != entry or spec in self.unserved:
+            elif old != entry or spec in self.unserved:
                 changed.append(entry)
         return self._push(changed, removals)
 
@@ -109,9 +121,17 @@ class PlaneProjection:
         upserts: list[tuple[RouterSpec, ServiceSpec]] = []
         removals = [name_for(spec) for spec in removed]
         specs: dict[str, str] = {}  # router name -> routespec
+        routers = self._routers
         for entry in changed:
             try:
-                router, service = plane_entry(entry)
+                router = routers.get(entry.routespec)
+                if router is None:
+                    router, service = plane_entry(entry)
+                    if len(routers) > 2 * len(self.table) + 4096:
+                        routers.clear()
+                    routers[entry.routespec] = router
+                else:
+                    service = ServiceSpec(name=router.name, servers=(ServerSpec(url=entry.target),))
             except (DataPlaneError, ValueError) as exc:
                 refused[entry.routespec] = str(exc)
                 removals.append(name_for(entry.routespec))  # never serve an older version

@@ -4,6 +4,11 @@
 changes its argument. ``fold_all`` folds many records with one copy, for replay speed; it is
 equivalent to folding them one at a time (a property the tests check).
 
+A long-lived owner that follows the log (the data-plane projection) must not copy the whole
+table per batch: catching up ``m`` records in small batches would cost O(n·m) for ``n`` routes.
+:class:`FoldingTable` folds each batch *in place* (O(batch)), and reports what the batch
+changed; its ``view`` is a read-only :class:`RouteTable` that always shows the current state.
+
 A table remembers ``seq``, the position of the last record folded into it, and refuses a record
 that is not the next one: the log is gap-free, so a gap means a bug or a damaged log, never
 something to paper over.
@@ -11,14 +16,14 @@ something to paper over.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ._errors import CorruptLogError
 from .events import Record, RouteAdded, copy_data
 
-__all__ = ["RouteEntry", "RouteTable", "fold", "fold_all"]
+__all__ = ["FoldingTable", "RouteEntry", "RouteTable", "fold", "fold_all"]
 
 
 class RouteEntry(NamedTuple):
@@ -120,3 +125,53 @@ def fold_all(table: RouteTable, records: Iterable[Record]) -> RouteTable:
         _apply(routes, seq, record)
         seq = record.seq
     return RouteTable._adopt(routes, seq)
+
+
+class FoldingTable:
+    """A table its one owner folds batches of records into in place.
+
+    :meth:`apply` checks the whole batch first (the next seqs, without a gap), so a refused batch
+    changes nothing; then it mutates, in O(len(batch)). ``view`` is a live read-only
+    :class:`RouteTable` over the same routes (it changes as batches are applied: take
+    :meth:`snapshot` for a table that stays as it is).
+    """
+
+    __slots__ = ("_routes", "view")
+
+    def __init__(self, table: RouteTable | None = None) -> None:
+        base = table if table is not None else RouteTable()
+        self._routes: dict[str, RouteEntry] = dict(base._routes)
+        self.view = RouteTable._adopt(self._routes, base.seq)
+
+    @property
+    def seq(self) -> int:
+        return self.view.seq
+
+    def apply(self, records: Sequence[Record]) -> dict[str, RouteEntry | None]:
+        """Fold ``records`` (the next ones in the log); routespec -> its entry *before* the
+        batch, for every routespec the batch touched."""
+        seq = self.view.seq
+        for record in records:
+            if record.seq != seq + 1:
+                raise CorruptLogError(
+                    f"sequence gap: table is at seq {seq}, next record has seq {record.seq}",
+                    seq=record.seq,
+                )
+            seq = record.seq
+        routes = self._routes
+        before: dict[str, RouteEntry | None] = {}
+        for record in records:
+            event = record.event
+            spec = event.routespec
+            if spec not in before:
+                before[spec] = routes.get(spec)
+            if isinstance(event, RouteAdded):
+                routes[spec] = RouteEntry.create(spec, event.target, event.data, record.seq)
+            else:
+                routes.pop(spec, None)
+        self.view.seq = seq
+        return before
+
+    def snapshot(self) -> RouteTable:
+        """A copy that no later batch changes."""
+        return RouteTable._adopt(dict(self._routes), self.view.seq)

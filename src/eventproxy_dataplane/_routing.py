@@ -153,6 +153,10 @@ class RoutingTable:
         self._fallback: list[tuple[_Key, Predicate, Route]] = []
         self._installed: dict[str, _Compiled] = {}
         self._routes: dict[str, Route] = {}
+        # rule text -> parsed rule and trie placements (immutable values): a router re-added
+        # with the rule it had (a user's next server) is not parsed again. Bounded: cleared when
+        # it outgrows the table.
+        self._parsed: dict[str, tuple[Rule, tuple[_Placement, ...] | None]] = {}
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -177,9 +181,14 @@ class RoutingTable:
         return table, problems
 
     def _compile(self, spec: RouterSpec) -> _Compiled:
-        rule = parse_rule(spec.rule)
         key = (-spec.effective_priority, spec.name)
-        return _Compiled(spec, rule, key, _plan(rule))
+        parsed = self._parsed.get(spec.rule)
+        if parsed is None:
+            rule = parse_rule(spec.rule)
+            if len(self._parsed) > 2 * len(self._installed) + 1024:
+                self._parsed.clear()
+            parsed = self._parsed[spec.rule] = (rule, _plan(rule))
+        return _Compiled(spec, parsed[0], key, parsed[1])
 
     def apply(
         self, upserts: Iterable[tuple[RouterSpec, ServiceSpec]], removals: Iterable[str]

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import anyio
 import pytest
 
-from eventproxy import RouteAdded, RouteRemoved, open_log
+from eventproxy import Record, RouteAdded, RouteRemoved, open_log
 from eventproxy.log import RouteLog
 from eventproxy.projection import PlaneProjection
-from eventproxy.serve import serve_log
+from eventproxy.serve import follow_log, serve_log
 from eventproxy.traefik import name_for
 from eventproxy_dataplane import DataPlane, RoutingTable
 from support import free_port
@@ -148,3 +148,38 @@ async def health(port: int) -> dict[str, object]:
         assert reply.status == 200
         doc: dict[str, object] = json.loads(reply.body)
         return doc
+
+
+async def test_a_following_node_applies_what_it_is_behind_by_in_batches() -> None:
+    """Issue 7 item 6: the follower reads what the log holds past it and applies it in batches
+    (one plane change per batch), instead of one record at a time."""
+    url = "memory://batches"
+    writer = await open_log(url)
+    plane = DataPlane(RoutingTable())
+    projection = PlaneProjection(plane)
+    sizes: list[int] = []
+    done = anyio.Event()
+    original = projection.apply
+
+    def counting_apply(records: list[Record]) -> None:
+        sizes.append(len(records))
+        original(records)
+        if projection.seq == 2001:
+            done.set()
+
+    projection.apply = counting_apply  # type: ignore[method-assign]
+    await writer.append([RouteAdded("/user/first/", "http://127.0.0.1:1")])
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(follow_log, url, projection)
+            generation = plane.generation
+            await writer.append(
+                [RouteAdded(f"/user/u{i}/", f"http://127.0.0.1:{2 + i % 50}") for i in range(2000)]
+            )
+            await done.wait()
+            tg.cancel_scope.cancel()
+    await writer.aclose()
+    assert sum(sizes) == 2000
+    assert len(sizes) <= 3, sizes  # the record that woke it, then the rest in one read
+    assert plane.generation - generation == len(sizes)
+    assert len(plane.table) == 2001

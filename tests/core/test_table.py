@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventproxy import CorruptLogError, Record, RouteAdded, RouteRemoved, RouteTable, fold, fold_all
+from eventproxy.table import FoldingTable
 
 TS = datetime(2026, 1, 1, tzinfo=UTC)
 specs = st.sampled_from(["/", "/a/", "/a/b/", "/user/x/", "h.example/a/"])
@@ -71,3 +72,35 @@ def test_data_types_preserved_and_copies_handed_out() -> None:
     assert repr(out["data"]) == repr(data)
     out["data"]["l"][1]["x"] = True
     assert table["/a/"].data["l"][1]["x"] is False
+
+
+@given(st.lists(events, max_size=40), st.lists(st.integers(1, 8), max_size=40))
+def test_folding_in_place_in_batches_equals_the_pure_fold(evs: list, sizes: list[int]) -> None:
+    """FoldingTable (the projection's in-place fold) == fold_all, whatever the batch sizes; each
+    batch reports the entries it touched as they were before it."""
+    records = records_of(evs)
+    folding = FoldingTable()
+    view = folding.view
+    start = 0
+    for size in [*sizes, len(records)]:
+        batch = records[start : start + size]
+        if not batch:
+            continue
+        previous = folding.snapshot()
+        before = folding.apply(batch)
+        assert before == {spec: previous.get(spec) for spec in {r.event.routespec for r in batch}}
+        assert previous == fold_all(RouteTable(), records[:start])  # snapshots stay as they were
+        start += len(batch)
+        assert folding.view is view and view == fold_all(RouteTable(), records[:start])
+    assert folding.snapshot() == fold_all(RouteTable(), records)
+
+
+def test_folding_in_place_refuses_a_gap_without_changing_anything() -> None:
+    folding = FoldingTable(fold_all(RouteTable(), records_of([RouteAdded("/a/", "http://h:1")])))
+    bad = [
+        Record(seq=2, ts=TS, actor="t", event=RouteRemoved("/a/")),
+        Record(seq=4, ts=TS, actor="t", event=RouteAdded("/b/", "http://h:2")),
+    ]
+    with pytest.raises(CorruptLogError, match="table is at seq 2, next record has seq 4"):
+        folding.apply(bad)
+    assert folding.seq == 1 and set(folding.view) == {"/a/"}
