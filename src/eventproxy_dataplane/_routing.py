@@ -185,7 +185,7 @@ class RoutingTable:
         parsed = self._parsed.get(spec.rule)
         if parsed is None:
             rule = parse_rule(spec.rule)
-            if len(self._parsed) > 2 * len(self._installed) + 1024:
+            if len(self._parsed) > 4 * len(self._installed) + 4096:
                 self._parsed.clear()
             parsed = self._parsed[spec.rule] = (rule, _plan(rule))
         return _Compiled(spec, parsed[0], key, parsed[1])
