@@ -71,6 +71,7 @@ _REASONS = {
     400: b"Bad Request",
     404: b"Not Found",
     408: b"Request Timeout",
+    413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
     505: b"HTTP Version Not Supported",
@@ -173,7 +174,15 @@ class _Retry(Exception):
 
 
 class _RequestBodyError(Exception):
-    """The client's request body was malformed or cut short."""
+    """The client's request body was malformed or cut short (``status``: what to answer)."""
+
+    status = 400
+
+
+class _BodyTooLarge(_RequestBodyError):
+    """A chunked request body grew past ``max_body_bytes``."""
+
+    status = 413
 
 
 def _status_line_reason(status: int) -> bytes:
@@ -188,6 +197,7 @@ class ClientConnection:
     """Serves one accepted client stream until it closes, fails, or times out."""
 
     __slots__ = (
+        "body_budget",
         "client_ip",
         "conn",
         "deadline",
@@ -236,6 +246,8 @@ class ClientConnection:
         self.phase = _IDLE
         self.seen = False  # bytes of the current request head have arrived
         self.scope = anyio.CancelScope()
+        # bytes a chunked request body may still have (None: no limit or not chunked)
+        self.body_budget: int | None = None
         # the current request asked for a WebSocket upgrade: any answer but 101 then closes
         # the connection (docs/dataplane.md, "WebSocket")
         self.upgrade = False
@@ -368,6 +380,7 @@ class ClientConnection:
             max_header_count=settings.max_header_count,
             max_header_bytes=settings.max_header_bytes,
             trust_forwarded=self.trusted,
+            max_body_bytes=settings.max_body_bytes,
         )
         if type(prepared) is Rejection:
             await self._send_simple(prepared.status, f"{prepared.reason}\n".encode(), close=True)
@@ -393,6 +406,16 @@ class ClientConnection:
             await self._send_simple(400, _generic(400), close=True)
             return
         complete = conn.their_state is not h11.SEND_BODY
+        self.body_budget = None
+        if prepared.chunked and settings.max_body_bytes is not None:
+            budget = settings.max_body_bytes
+            for event in events:
+                if type(event) is h11.Data:
+                    budget -= len(event.data)
+            if budget < 0:
+                await self._send_simple(413, _generic(413), close=True)
+                return
+            self.body_budget = budget
         if route is None:
             await self._send_error(404, close=not complete)
             return
@@ -514,7 +537,7 @@ class ClientConnection:
             first = failure[0]
             if isinstance(first, _RequestBodyError):
                 logger.debug("request body failed: %s", first)
-                await self._send_simple(400, _generic(400), close=True)
+                await self._send_simple(first.status, _generic(first.status), close=True)
                 raise _CloseClient from None
             raise first
         return status
@@ -531,6 +554,10 @@ class ClientConnection:
                 conn.receive_data(await self._recv())
                 continue
             if type(event) is h11.Data:
+                if self.body_budget is not None:
+                    self.body_budget -= len(event.data)
+                    if self.body_budget < 0:
+                        raise _BodyTooLarge("chunked request body above max_body_bytes")
                 await backend.send(h.send(event) or b"")
             elif type(event) is h11.EndOfMessage:
                 await backend.send(h.send(_request_eom(event)) or b"")

@@ -145,6 +145,7 @@ class PreparedRequest:
     websocket: bool
     upgrade: bytes | None
     forwarded: dict[bytes, bytes] | None = None  # the client's X-Forwarded-*, when trusted
+    chunked: bool = False  # the body is chunked (its size is only known once it has arrived)
 
 
 def _split_connection(values: list[bytes]) -> set[bytes]:
@@ -162,12 +163,14 @@ def prepare_request(
     max_header_count: int,
     max_header_bytes: int,
     trust_forwarded: bool = False,
+    max_body_bytes: int | None = None,
 ) -> PreparedRequest | Rejection:
     """Check and strip a parsed request head (h11 lower-cases the field names).
 
     h11 bounds only a head that is still incomplete; a complete one that arrived in a single
     read is measured here (field names, values and their separators, plus the target).
     ``trust_forwarded`` keeps the client's ``X-Forwarded-*`` values (it is a trusted proxy).
+    A ``Content-Length`` above ``max_body_bytes`` is refused with 413.
     """
     if len(headers) > max_header_count:
         return Rejection(431, f"more than {max_header_count} header fields")
@@ -203,6 +206,8 @@ def prepare_request(
                 if length > MAX_CONTENT_LENGTH:
                     return Rejection(400, "Content-Length above 2^63-1")
                 value = b"%d" % length
+            if max_body_bytes is not None and int(value) > max_body_bytes:
+                return Rejection(413, f"request body larger than {max_body_bytes} bytes")
         elif name == b"transfer-encoding":
             has_chunked = True
         out.append((name, value))
@@ -235,7 +240,9 @@ def prepare_request(
             return Rejection(400, "request-target is not a path or an absolute URL")
     if host is not None and host.translate(None, _HOST_BYTES):
         return Rejection(400, "invalid Host")
-    return PreparedRequest(host, path, out, websocket, upgrade if websocket else None, forwarded)
+    return PreparedRequest(
+        host, path, out, websocket, upgrade if websocket else None, forwarded, has_chunked
+    )
 
 
 def _port_of(host: bytes, default: bytes) -> bytes:

@@ -10,10 +10,23 @@ from urllib.parse import urlsplit
 from ._errors import SettingsError
 
 _OPTIONAL = frozenset(
-    {"connect_timeout", "header_timeout", "idle_timeout", "backend_response_timeout"}
+    {
+        "connect_timeout",
+        "header_timeout",
+        "idle_timeout",
+        "backend_response_timeout",
+        "max_body_bytes",
+    }
 )
 _INTEGER = frozenset(
-    {"max_header_bytes", "max_header_count", "pool_max_idle", "pool_max_idle_total", "read_size"}
+    {
+        "max_header_bytes",
+        "max_header_count",
+        "max_body_bytes",
+        "pool_max_idle",
+        "pool_max_idle_total",
+        "read_size",
+    }
 )
 
 
@@ -27,6 +40,9 @@ class ProxySettings:
     backend_response_timeout: a backend answering with its response head (-> 504)
     max_header_bytes:         request head size, request line included (-> 431)
     max_header_count:         number of request header fields (-> 431)
+    max_body_bytes:           request body size (-> 413 and close; a chunked body that grows
+                              past it after the response started closes the connection);
+                              ``None`` (default): no limit, like configurable-http-proxy
     error_target:             like configurable-http-proxy's ``--error-target``: on 404/502/503/504
                               the body of ``GET {error_target}/{code}?url=<escaped url>`` is sent
                               with the original status
@@ -53,6 +69,7 @@ class ProxySettings:
     backend_response_timeout: float | None = 300.0
     max_header_bytes: int = 65536
     max_header_count: int = 200
+    max_body_bytes: int | None = None
     error_target: str | None = None
     pool_max_idle: int = 64
     pool_max_idle_total: int = 256

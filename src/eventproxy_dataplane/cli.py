@@ -65,6 +65,20 @@ Source = Callable[..., Coroutine[Any, Any, None]]
 DEFAULT_LISTEN = ("127.0.0.1", 8000)
 
 
+def _bytes(text: str) -> int | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of bytes or 'none', got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
+    return value
+
+
 def add_node_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
     """Add the node's whole option set to ``parser``.
 
@@ -114,6 +128,13 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExc
     node.add_argument("--idle-timeout", type=_seconds, default=180.0, metavar="SECONDS")
     node.add_argument("--backend-timeout", type=_seconds, default=300.0, metavar="SECONDS")
     node.add_argument(
+        "--max-body-bytes",
+        type=_bytes,
+        default=None,
+        metavar="N",
+        help="refuse request bodies larger than N bytes with 413 (default: no limit)",
+    )
+    node.add_argument(
         "--forwarded-trusted-ip",
         metavar="CIDR",
         action="append",
@@ -140,6 +161,7 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
         header_timeout=args.header_timeout,
         idle_timeout=args.idle_timeout,
         backend_response_timeout=args.backend_timeout,
+        max_body_bytes=args.max_body_bytes,
         error_target=args.error_target,
         io_edge=args.io_edge,
         forwarded_trusted_ips=tuple(args.forwarded_trusted_ip),

@@ -236,3 +236,15 @@ def test_module_entry_point_prints_help() -> None:
         check=True,
     )
     assert "--listen" in out.stdout and "--etcd" in out.stdout
+
+
+def test_max_body_bytes_option() -> None:
+    from eventproxy_dataplane.cli import build_parser, settings_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["--config", "x.toml", "--max-body-bytes", "1048576"])
+    assert settings_from_args(args).max_body_bytes == 1048576
+    assert settings_from_args(parser.parse_args(["--config", "x.toml"])).max_body_bytes is None
+    for bad in ("0", "-5", "lots"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--config", "x.toml", "--max-body-bytes", bad])

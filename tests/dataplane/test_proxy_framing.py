@@ -11,6 +11,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from eventproxy_dataplane import ProxySettings
 from support.backends import RawBackend, make_table, raw_exchange, running_proxy, status_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("io_edge")]
@@ -237,3 +238,76 @@ async def test_backend_trailers_are_dropped_for_an_http10_client() -> None:
     assert status_of(out) == 200
     assert b"transfer-encoding" not in head.lower()
     assert body == b"hello"
+
+
+# -- max_body_bytes ------------------------------------------------------------------------
+
+
+async def _exchange_limited(raw: bytes, limit: int) -> tuple[bytes, RawBackend]:
+    async with anyio.create_task_group() as tg:
+        backend = RawBackend()
+        await tg.start(backend.serve)
+        table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
+        async with running_proxy(table, ProxySettings(max_body_bytes=limit)) as proxy:
+            out = await raw_exchange(proxy.port, raw)
+            await backend.wait_closed()
+        tg.cancel_scope.cancel()
+    return out, backend
+
+
+async def test_content_length_above_the_body_limit_is_413_and_never_forwarded() -> None:
+    raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nhello!" + b"GET / HTTP/1.1\r\n"
+    out, backend = await _exchange_limited(raw, 5)
+    assert status_of(out) == 413
+    assert b"\r\nconnection: close\r\n" in out.lower()
+    assert backend.connections == 0
+
+
+async def test_body_at_the_limit_is_forwarded() -> None:
+    raw = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+    out, backend = await _exchange_limited(raw, 5)
+    assert status_of(out) == 200
+    assert backend.requests[0].body == b"hello"
+    raw = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n"
+    )
+    out, backend = await _exchange_limited(raw, 5)
+    assert status_of(out) == 200
+    assert backend.requests[0].body == b"hello"
+
+
+async def test_chunked_body_above_the_limit_in_the_first_read_is_413_and_never_forwarded() -> None:
+    raw = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello!\r\n0\r\n\r\n"
+    )
+    out, backend = await _exchange_limited(raw, 5)
+    assert status_of(out) == 413
+    assert backend.connections == 0
+
+
+async def test_chunked_body_growing_past_the_limit_is_413_and_the_backend_is_cut_off() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n"
+    async with anyio.create_task_group() as tg:
+        backend = RawBackend()
+        await tg.start(backend.serve)
+        table = make_table({"r": ("PathPrefix(`/`)", [backend.url])})
+        async with running_proxy(table, ProxySettings(max_body_bytes=5)) as proxy:
+            async with await anyio.connect_tcp("127.0.0.1", proxy.port) as client:
+                await client.send(head)
+                await backend.wait_for(lambda: backend.all_bytes.endswith(b"3\r\nhel\r\n"))
+                await client.send(b"3\r\nlo!\r\n0\r\n\r\n")
+                out = bytearray()
+                with anyio.fail_after(5):
+                    while True:
+                        try:
+                            out += await client.receive()
+                        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                            break
+            await backend.wait_closed()
+        tg.cancel_scope.cancel()
+    assert status_of(bytes(out)) == 413
+    # the backend got the first chunk only, never a complete request
+    assert backend.all_bytes.endswith(b"\r\n\r\n3\r\nhel\r\n")
+    assert backend.requests[0].body == b"hel" and backend.requests[0].trailers == []
+    assert backend.errors  # its h11 saw the connection end mid-body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventproxy_dataplane import BackendProtocolError
+from eventproxy_dataplane import BackendProtocolError, ProxySettings, SettingsError
 from eventproxy_dataplane._proxy_headers import (
     MAX_CONTENT_LENGTH,
     PreparedRequest,
@@ -208,3 +208,18 @@ def test_framing_fields_named_in_connection_are_kept() -> None:
         [(b"host", b"h"), (b"connection", b"close, Content-Length"), (b"content-length", b"5")],
     )
     assert p.headers == [(b"content-length", b"5")]
+
+
+def test_max_body_bytes_is_validated() -> None:
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(SettingsError, match="max_body_bytes"):
+            ProxySettings(max_body_bytes=bad)  # type: ignore[arg-type]
+    assert ProxySettings(max_body_bytes=None).max_body_bytes is None
+
+
+def test_content_length_above_max_body_bytes_is_413() -> None:
+    headers = [(b"host", b"h"), (b"content-length", b"11")]
+    assert prepare_request(b"/", headers, **LIMITS, max_body_bytes=10) == Rejection(
+        413, "request body larger than 10 bytes"
+    )
+    assert isinstance(prepare_request(b"/", headers, **LIMITS, max_body_bytes=11), PreparedRequest)
