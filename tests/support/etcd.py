@@ -38,8 +38,9 @@ def _prefix_end(prefix: str) -> str:
 
 
 class Etcd:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, max_txn_ops: int = 128) -> None:
         self.workdir = workdir
+        self.max_txn_ops = max_txn_ops  # etcd's --max-txn-ops (its default: 128)
         self.data_dir = workdir / "etcd-data"
         self.client_port = free_port()
         self.peer_port = free_port()
@@ -70,6 +71,8 @@ class Etcd:
             f"test={peer}",
             "--log-level",
             "warn",
+            "--max-txn-ops",
+            str(self.max_txn_ops),
         ]
         self.child = ChildProcess(argv, log_path=self.workdir / "etcd.log")
         try:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ class Traefik:
         self.api_port = free_port()
         self.dynamic_path = workdir / "dynamic.toml"
         self.generation = 0
+        self.rewrites: list[int] = []  # generations whose file had to be written again
         self._write({"http": {}})
         argv = [
             str(TRAEFIK_BIN),
@@ -130,12 +132,31 @@ class Traefik:
                 return False
             return set(seen) == expected
 
-        wait_until(
-            ready,
-            timeout=timeout,
-            what=f"traefik generation {self.generation}",
-            alive=self.child.check_alive,
-        )
+        # A reload normally shows within a fraction of a second (under heavy load up to ~2 s was
+        # measured). If traefik has not loaded the file after ``rewrite_after`` seconds, the
+        # same file is renamed into place again (a fresh inotify event) and the rewrite is
+        # recorded: a lost file event then costs seconds, and shows in ``rewrites``.
+        rewrite_after = 5.0
+        doc_written = {**doc, "http": http}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                wait_until(
+                    ready,
+                    timeout=min(rewrite_after, max(0.0, deadline - time.monotonic())),
+                    what=f"traefik generation {self.generation}",
+                    alive=self.child.check_alive,
+                )
+                break
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"timed out after {timeout}s waiting for traefik generation "
+                        f"{self.generation} (rewrites: {self.rewrites}); traefik saw "
+                        f"{sorted(seen)[:20]}; its log ends with:\n{self.child.output()[-3000:]}"
+                    ) from None
+                self.rewrites.append(self.generation)
+                self._write(doc_written)
         seen.pop(marker, None)
         return seen
 
