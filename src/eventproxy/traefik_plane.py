@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 import tomli_w
 from traitlets import Bool, Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
@@ -187,7 +188,9 @@ class TraefikPlane:
         api_doc = api_dynamic_config(
             self.api_username, self.api_password, ssl_cert=s.ssl_cert, ssl_key=s.ssl_key
         )
-        atomic_write(self.layout.api_path, tomli_w.dumps(api_doc).encode())
+        await anyio.to_thread.run_sync(
+            atomic_write, self.layout.api_path, tomli_w.dumps(api_doc).encode()
+        )
         etcd = None
         if self.etcd is not None:
             if self.etcd.options.username or self.etcd.options.ca_file:
@@ -203,7 +206,9 @@ class TraefikPlane:
             etcd_endpoints=etcd,
             etcd_root=s.root_key,
         )
-        atomic_write(self.layout.static_path, tomli_w.dumps(static).encode())
+        await anyio.to_thread.run_sync(
+            atomic_write, self.layout.static_path, tomli_w.dumps(static).encode()
+        )
         self.process = TraefikProcess(
             executable, self.layout.static_path, self._log, on_exit=self._exited
         )
@@ -264,7 +269,8 @@ class TraefikPlane:
         if self.etcd is not None:
             await self.etcd.aclose()
         if self.layout is not None:
-            shutil.rmtree(self.layout.directory, ignore_errors=True)
+            directory = self.layout.directory
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
 
     # -- changes -----------------------------------------------------------------------------
     async def project(self, records: Sequence[Record], table: RouteTable) -> None:

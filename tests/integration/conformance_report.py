@@ -28,9 +28,16 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULES = [
     "tests/integration/test_conformance_chp.py",
     "tests/integration/test_conformance_eventproxy.py",
+    "tests/integration/test_conformance_traefik.py",
 ]
 DEFAULT_OUT = ROOT / "docs" / "conformance.md"
-ORDER = ["configurable-http-proxy", "eventproxy[memory]", "eventproxy[file]"]
+ORDER = [
+    "configurable-http-proxy",
+    "eventproxy[memory]",
+    "eventproxy[file]",
+    "eventproxy[traefik-file]",
+    "eventproxy[traefik-etcd]",
+]
 
 
 def run_suite(json_path: Path) -> int:
