@@ -13,6 +13,11 @@ Theory of operation
   its table and applies the difference to the in-process data plane, synchronously (a routing
   table change is one step; requests in flight keep their backend). Only then do the callers'
   awaits return: a route is visible when ``add_route`` returns.
+* The proxy also *follows* its log (``watch``): a batch appended by another writer (a second
+  hub during a rolling update, a repair, ``eventproxy compact``) is folded in and applied to the
+  data plane as it arrives, so ``get_all_routes`` shows what the log holds, whoever wrote it.
+  A log that was wiped or restored from an older backup is reported (ERROR) and then followed
+  as it is now; JupyterHub's ``check_routes`` adds back the routes of running servers.
 * ``get_all_routes`` reads the folded table in memory (never the store), adding
   ``last_activity`` from the data plane's activity records.
 * Each caller learns what happened to *its* change: the append's error if the batch was not
@@ -32,7 +37,7 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -46,14 +51,18 @@ from eventproxy_dataplane import DataPlane, DataPlaneError, ProxySettings, Routi
 from eventproxy_dataplane.etcd import EtcdOptions
 
 from ._errors import (
+    CompactedError,
     DurableNotVisibleError,
     EventProxyError,
     InvalidRouteDataError,
+    LogClosedError,
+    LogError,
+    LogResetError,
     VisibilityTimeoutError,
 )
 from ._gc import paused_gc
 from .events import Event, Record, RouteAdded, RouteRemoved, encode_record, now_utc
-from .log import RouteLog, open_log
+from .log import RouteLog, open_log, redact_url
 from .log._base import encode_or_refuse
 from .log.etcd import etcd_options_from_env
 from .projection import PlaneProjection, plane_entry
@@ -187,6 +196,7 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         self._inflight: _Pending | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._traefik: TraefikPlane | None = None
+        self._follow_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._flush_crash: Exception | None = None
 
@@ -214,11 +224,48 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
                 self._log = log
                 self.log.info(
                     "eventproxy: route log %s at seq %d with %d route(s)",
-                    self.log_url,
+                    redact_url(self.log_url),
                     self._table.seq,
                     len(self._table),
                 )
+                self._follow_task = asyncio.create_task(
+                    self._follow(log), name="eventproxy-follow-log"
+                )
         return self._log
+
+    # -- following the log -----------------------------------------------------------------
+
+    def _apply_new(self, records: Sequence[Record]) -> dict[str, str]:
+        """Apply the records after the projection's seq; both the writer (its own batches, at
+        once) and the follower (every batch, its own included) come through here."""
+        seq = self._projection.seq
+        fresh = [r for r in records if r.seq > seq]
+        if fresh and fresh[0].seq == seq + 1:
+            return self._projection.apply(fresh)
+        return {}
+
+    async def _follow(self, log: RouteLog) -> None:
+        """Keep the table equal to the log's fold, whoever writes it (another hub, a repair)."""
+        while True:
+            try:
+                async for record in log.watch(self._projection.seq + 1):
+                    self._apply_new((record,))
+                return  # the log was closed
+            except CompactedError:
+                self._projection.reset(await log.load_table())
+            except LogResetError as exc:
+                self.log.error(
+                    "eventproxy: %s Following the log as it is now; JupyterHub's check_routes "
+                    "adds back the routes of running servers.",
+                    exc,
+                )
+                log.accept_reset()
+                self._projection.reset(await log.load_table())
+            except LogClosedError:
+                return
+            except LogError as exc:
+                self.log.error("eventproxy: cannot follow %s: %s; retrying in 1s", log.url, exc)
+                await asyncio.sleep(1.0)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not (self.ssl_cert and self.ssl_key):
@@ -340,6 +387,11 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             if traefik is not None:
                 await traefik.stop()
         finally:
+            follower, self._follow_task = self._follow_task, None
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
             log, self._log = self._log, None
             self._plane = None
             self._stopping = False
@@ -435,7 +487,7 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         refused: dict[str, str] = {}
         try:
             records = await log.read(self._projection.seq + 1)
-            refused = self._projection.apply(records)
+            refused = self._apply_new(records)
             if self._traefik is not None:
                 await self._traefik.project(records, self._table)
                 # end before the callers' deadline, so that the error naming the

@@ -138,6 +138,13 @@ class RouteLog(abc.ABC):
     async def aclose(self) -> None:
         """Release the log's resources (locks, files, connections)."""
 
+    def accept_reset(self) -> None:
+        """After :class:`LogResetError`: follow the store's current history from now on.
+
+        Local logs never report a reset, so there is nothing to forget.
+        """
+        return None
+
     async def load_table(self, *, at: int | None = None) -> RouteTable:
         """The table folded from the snapshot and the records (up to seq ``at`` if given)."""
         base = await self.snapshot()

@@ -485,6 +485,9 @@ class EtcdRouteLog(RouteLog):
                 return fold_all(table, records)
         raise LogUnavailableError(f"route log {self.url}: compactions kept racing with a load")
 
+    def accept_reset(self) -> None:
+        self.identity = _Identity()
+
     def watch(self, from_seq: int = 1) -> AsyncIterator[Record]:
         watcher = _EtcdWatch(self, max(from_seq, 1))
         self._scopes.add(watcher)
@@ -510,6 +513,7 @@ class EtcdRouteLog(RouteLog):
             with _mapped(self.url, "append: read the head"):
                 result = await self.client.range(self._head_key)
             head = _Head.decode(result.kvs[0] if result.kvs else None, self.url)
+            self.identity.check(self.url, result.cluster_id, result.revision, head)
             if expected_head is not None and expected_head != head.seq:
                 raise AppendConflictError(
                     f"{self.url}: expected head {expected_head}, but the log is at {head.seq}"
