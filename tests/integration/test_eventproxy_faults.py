@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-import eventproxy.projection
 from eventproxy import (
     DurableNotVisibleError,
     EventProxy,
@@ -30,8 +29,10 @@ from eventproxy import (
     LogUnavailableError,
     VisibilityTimeoutError,
     open_log,
+    projection,
 )
-from eventproxy_dataplane import DataPlaneError
+from eventproxy.traefik import name_for
+from eventproxy_dataplane import ConfigProblem, DataPlaneError
 from support import free_port
 
 pytestmark = pytest.mark.anyio
@@ -209,16 +210,21 @@ async def test_a_failed_read_back_is_durable_not_visible_and_catches_up(
 async def test_a_route_the_plane_refuses_fails_only_its_caller(
     tmp_path: Path, proxy: EventProxy, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_entry = eventproxy.projection.plane_entry
+    plane = proxy._plane
+    assert plane is not None
+    real_apply = plane.apply
+    bad_router = name_for("/user/bad/")
 
-    def refuse_bad(entry: Any) -> Any:
-        if entry.routespec == "/user/bad/":
-            raise DataPlaneError("no room for this router")
-        return real_entry(entry)
+    def refuse_bad(upserts: Any, removals: Any) -> list[ConfigProblem]:
+        """The data plane refuses /user/bad/ (and so drops any older version of it)."""
+        kept = [(r, s) for r, s in upserts if r.name != bad_router]
+        dropped = [bad_router] if len(kept) < len(upserts) else []
+        problems = real_apply(kept, [*removals, *dropped])
+        return [*problems, *(ConfigProblem(f"http.routers.{n}.rule", "no room") for n in dropped)]
 
     await proxy.add_route("/user/bad/", backend, {"v": 1})  # served before the plane refuses
     assert await status(proxy, "/user/bad/x") == 200
-    monkeypatch.setattr(eventproxy.projection, "plane_entry", refuse_bad)
+    monkeypatch.setattr(plane, "apply", refuse_bad)
     good, bad = await asyncio.gather(
         proxy.add_route("/user/good/", backend, {}),
         proxy.add_route("/user/bad/", backend, {"v": 2}),  # one batch with /user/good/
@@ -227,13 +233,13 @@ async def test_a_route_the_plane_refuses_fails_only_its_caller(
     assert good is None
     assert isinstance(bad, DurableNotVisibleError), bad
     assert f"'/user/bad/' -> '{backend}' is in the log" in str(bad)
-    assert "no room for this router" in str(bad) and bad.routespec == "/user/bad/"
+    assert "data plane refused it: no room" in str(bad) and bad.routespec == "/user/bad/"
     assert await logged_routes(tmp_path) == ["/user/bad/", "/user/good/"]  # the log is the truth
     # the older version of the refused route is not served either: the log no longer has it
     assert await status(proxy, "/user/bad/x") == 404
     assert await status(proxy, "/user/good/x") == 200
     # once the plane takes it, adding the very same route again makes it visible
-    monkeypatch.setattr(eventproxy.projection, "plane_entry", real_entry)
+    monkeypatch.setattr(plane, "apply", real_apply)
     await proxy.add_route("/user/bad/", backend, {"v": 2})
     assert await status(proxy, "/user/bad/x") == 200
 
@@ -251,3 +257,23 @@ async def test_an_unstorable_route_fails_alone_not_its_batch(
     assert isinstance(results[1], InvalidRouteDataError)
     assert "'/user/bad/' cannot be stored" in str(results[1])
     assert await logged_routes(tmp_path) == ["/user/a/", "/user/c/"]
+
+
+async def test_a_route_the_projection_cannot_turn_into_a_router_is_durable_not_visible(
+    tmp_path: Path, proxy: EventProxy, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_entry = projection.plane_entry
+
+    def refuse_new(entry: Any) -> Any:  # add_route's own check uses its own reference
+        if entry.routespec == "/user/new/":
+            raise DataPlaneError("no router for this one")
+        return real_entry(entry)
+
+    monkeypatch.setattr(projection, "plane_entry", refuse_new)
+    with pytest.raises(DurableNotVisibleError, match="refused it: no router for this one"):
+        await proxy.add_route("/user/new/", backend, {})
+    assert await logged_routes(tmp_path) == ["/user/new/"]
+    assert await status(proxy, "/user/new/x") == 404
+    monkeypatch.setattr(projection, "plane_entry", real_entry)
+    await proxy.add_route("/user/new/", backend, {})  # the same route again: now served
+    assert await status(proxy, "/user/new/x") == 200
