@@ -30,7 +30,7 @@ from ._errors import EventProxyError
 from .cli_project import add_projector_commands
 from .demo import add_demo_arguments, cmd_demo
 from .events import Record, RouteAdded
-from .log import RouteLog, open_log
+from .log import RouteLog, open_log, redact_url
 from .log.etcd import etcd_options_from_env
 from .routespec import validate_routespec
 from .table import RouteTable, fold_all
@@ -282,7 +282,7 @@ async def cmd_dataplane(args: argparse.Namespace, out: TextIO) -> int:
         if args.json:
             ready_line = {"listening": listening, "admin": admin, "source": what}
             if args.log_url:
-                ready_line["log_url"] = args.log_url
+                ready_line["log_url"] = redact_url(args.log_url)
             out.write(json.dumps(ready_line) + "\n")
         else:
             extra = f" (admin on {admin})" if admin else ""
@@ -296,16 +296,16 @@ async def cmd_dataplane(args: argparse.Namespace, out: TextIO) -> int:
 def _log_source(args: argparse.Namespace) -> node_cli.Source:
     from eventproxy_dataplane import DataPlane
 
-    from .projection import PlaneProjection
-    from .serve import follow_log
+    from .serve import follow_log_node
 
     etcd = etcd_options(args)
 
     async def source(
         plane: DataPlane, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        projection = PlaneProjection(plane)
-        await follow_log(args.log_url, projection, etcd=etcd, task_status=task_status)
+        await follow_log_node(
+            args.log_url, plane, state_dir=args.state_dir, etcd=etcd, task_status=task_status
+        )
 
     return source
 
@@ -420,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-url", help=f"{LOG_URL_HELP}; used when neither --config nor --etcd is given"
     )
     p.add_argument("--json", action="store_true", help="machine-readable JSON ready line")
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="with --log-url: keep the last-known-good table here (written atomically) and "
+        "serve it at start-up while the log is unreachable",
+    )
     add_etcd_arguments(p)
     p.set_defaults(func=cmd_dataplane)
 

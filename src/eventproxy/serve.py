@@ -12,22 +12,29 @@ the difference.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from eventproxy_dataplane import DataPlane, ProxySettings, RoutingTable
 from eventproxy_dataplane.etcd import EtcdOptions
 
-from ._errors import CompactedError
-from .events import Record
-from .log import RouteLog, open_log
+from ._errors import CompactedError, CorruptLogError, LogResetError, LogUnavailableError
+from .events import Record, now_utc, packb, unpackb
+from .log import RouteLog, open_log, redact_url
+from .log.etcd import EtcdRouteLog
 from .projection import PlaneProjection
+from .snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
+from .table import RouteTable
 
-__all__ = ["follow", "follow_log", "serve_log"]
+__all__ = ["follow", "follow_log", "follow_log_node", "serve_log"]
 
 logger = logging.getLogger("eventproxy.serve")
 
@@ -63,13 +70,16 @@ async def follow_log(
                 projection.reset(await log.load_table())
 
 
-async def follow(log: RouteLog, projection: PlaneProjection) -> None:
+async def follow(
+    log: RouteLog, projection: PlaneProjection, *, on_batch: Callable[[], None] | None = None
+) -> None:
     """Apply ``log``'s records past ``projection.seq`` in batches until the log is closed.
 
-    Raises :class:`CompactedError` when the log was compacted past the projection's position.
+    Raises :class:`CompactedError` when the log was compacted past the projection's position,
+    :class:`LogResetError` when its store was wiped or restored from an older backup.
     """
     send, receive = anyio.create_memory_object_stream[Record](CATCH_UP_BATCH)
-    failure: list[CompactedError] = []
+    failure: list[CompactedError | LogResetError] = []
 
     async def pump() -> None:
         async with send:
@@ -79,7 +89,7 @@ async def follow(log: RouteLog, projection: PlaneProjection) -> None:
                         send.send_nowait(record)
                     except anyio.WouldBlock:
                         await send.send(record)
-            except CompactedError as exc:
+            except (CompactedError, LogResetError) as exc:
                 failure.append(exc)
 
     async with anyio.create_task_group() as tg, receive:
@@ -96,6 +106,8 @@ async def follow(log: RouteLog, projection: PlaneProjection) -> None:
                     break
                 _drain(receive, batch)
             projection.apply(batch)
+            if on_batch is not None:
+                on_batch()
     if failure:
         raise failure[0]
 
@@ -130,3 +142,181 @@ async def serve_log(
         if admin is not None:
             await tg.start(plane.serve_admin, *admin)
         task_status.started(ports)
+
+
+# -- a node with a last-known-good table -------------------------------------------------------
+
+LKG_FILE = "last-known-good.msgpack"
+_LKG_INTERVAL = 0.5  # seconds between two writes of the last-known-good file at most
+
+
+def _write_lkg_sync(state_dir: Path, payload: bytes) -> None:
+    """Write the last-known-good file atomically: temp file, fsync, rename, fsync the dir."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / (LKG_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, state_dir / LKG_FILE)
+    fd = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_lkg_sync(state_dir: Path) -> RouteTable | None:
+    path = state_dir / LKG_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.error("cannot read the last-known-good table %s: %s", path, exc)
+        return None
+    try:
+        return snapshot_from_wire(unpackb(data), where=str(path)).table
+    except (CorruptLogError, ValueError) as exc:
+        logger.error("ignoring a damaged last-known-good table %s: %s", path, exc)
+        return None
+
+
+class _Node:
+    """The state a log-following node reports on ``/health``."""
+
+    def __init__(self, plane: DataPlane, projection: PlaneProjection, log_url: str) -> None:
+        self.plane = plane
+        self.projection = projection
+        self.log_url = redact_url(log_url)
+        self.source = "last-known-good"
+        self.reset: str | None = None
+
+    def report(self) -> None:
+        self.plane.report_status(
+            applied_seq=self.projection.seq,
+            routes=len(self.projection.table),
+            source=self.source,
+            log_url=self.log_url,
+            status="log-reset" if self.reset else None,
+            log_reset=self.reset,
+        )
+
+
+async def follow_log_node(
+    log_url: str,
+    plane: DataPlane,
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    etcd: EtcdOptions | None = None,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A data-plane node's source: the log, with a last-known-good table in ``state_dir``.
+
+    At start-up the last-known-good table (if any) is served at once; the log is then opened
+    (retried with back-off while etcd is unreachable or has no quorum) and followed, and the
+    table is written back to ``state_dir`` atomically as it changes. ``/health`` says which
+    table is served (``source``: ``live`` or ``last-known-good``) and the applied seq. A log
+    that was wiped or restored from an older backup (or is behind the last-known-good table)
+    is reported on ``/health`` (``status: log-reset``) and in the log (ERROR), and the node
+    keeps serving its last table, marked last-known-good, until it is restarted.
+    """
+    projection = PlaneProjection(plane)
+    node = _Node(plane, projection, log_url)
+    directory = Path(state_dir) if state_dir is not None else None
+    lkg = await anyio.to_thread.run_sync(_read_lkg_sync, directory) if directory else None
+    if lkg is not None:
+        projection.reset(lkg)
+        logger.warning(
+            "serving the last-known-good table (seq %d, %d routes) until %s answers",
+            lkg.seq,
+            len(lkg),
+            node.log_url,
+        )
+    node.report()
+    task_status.started(projection.seq)
+    if etcd is not None:
+        etcd = dataclasses.replace(etcd, timeout=min(etcd.timeout, 2.0))
+    delay = 0.1
+    remote = log_url.split(":", 1)[0].lower() in ("etcd", "etcds")
+    while True:
+        try:
+            log = await open_log(log_url, readonly=True, etcd=etcd)
+        except LogUnavailableError as exc:
+            if not remote:
+                raise  # a local file that is missing is a mistake, not an outage
+            logger.warning("cannot open %s: %s; retrying in %.1fs", node.log_url, exc, delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        break
+    async with log, anyio.create_task_group() as tg:
+        dirty = anyio.Event()
+
+        async def save() -> None:
+            nonlocal dirty
+            assert directory is not None
+            while True:
+                await dirty.wait()
+                dirty = anyio.Event()
+                table = projection.table
+                payload = packb(snapshot_to_wire(Snapshot(ts=now_utc(), table=table)))
+                try:
+                    await anyio.to_thread.run_sync(_write_lkg_sync, directory, payload)
+                except OSError as exc:
+                    logger.error("cannot write the last-known-good table: %s", exc)
+                await anyio.sleep(_LKG_INTERVAL)
+
+        if directory is not None:
+            tg.start_soon(save)
+
+        def changed() -> None:
+            node.report()
+            dirty.set()
+
+        def on_connection(connected: bool, reason: str) -> None:
+            if node.reset is None:
+                node.source = "live" if connected else "last-known-good"
+            node.report()
+
+        if isinstance(log, EtcdRouteLog):
+            log.on_connection = on_connection
+        try:
+            table = await log.load_table()
+            if lkg is not None and table.seq < lkg.seq:
+                raise LogResetError(
+                    f"route log {node.log_url} is at seq {table.seq}, behind this node's "
+                    f"last-known-good table (seq {lkg.seq}): it was wiped or restored from an "
+                    "older backup",
+                    seen_head=lkg.seq,
+                    head=table.seq,
+                )
+            projection.reset(table)
+            node.source = "live"
+            changed()
+            logger.info(
+                "following %s from seq %d (%d routes)",
+                node.log_url,
+                projection.seq,
+                len(projection.table),
+            )
+            while True:
+                try:
+                    await follow(log, projection, on_batch=changed)
+                    return
+                except CompactedError:
+                    projection.reset(await log.load_table())
+                    changed()
+        except LogResetError as exc:
+            node.reset = str(exc)
+            node.source = "last-known-good"
+            node.report()
+            while True:  # say so, loudly and repeatedly, until an operator restarts the node
+                logger.error(
+                    "%s Serving the last table (seq %d, %d routes) as last-known-good; "
+                    "restart this node once the log is repaired.",
+                    exc,
+                    projection.seq,
+                    len(projection.table),
+                )
+                await anyio.sleep(60)

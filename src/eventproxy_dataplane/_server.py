@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 import anyio.abc
@@ -78,8 +79,38 @@ class DataPlane:
         self._state = ProxyState(self._table, settings)
         self.settings = settings
         self._users: dict[str, int] = {}  # server URL -> routers sending to it
+        # what the source reports for /health (applied_seq, source, ...); see report_status
+        self._status: dict[str, Any] = {}
+        self._status_changed: anyio.Event | None = None
         if table is not None:
             self.set_table(table)  # generation 1
+
+    def report_status(self, **fields: Any) -> None:
+        """Fields the table's source adds to ``/health`` (JSON values): a log-following node
+        reports ``applied_seq``, ``source``, ``log_url``... ``/health?min_seq=N`` waits on
+        ``applied_seq``. A field set to ``None`` is removed."""
+        for key, value in fields.items():
+            if value is None:
+                self._status.pop(key, None)
+            else:
+                self._status[key] = value
+        changed, self._status_changed = self._status_changed, None
+        if changed is not None:
+            changed.set()
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return dict(self._status)
+
+    async def wait_for_seq(self, seq: int, seconds: float) -> bool:
+        """Wait until the reported ``applied_seq`` is at least ``seq``; False after ``seconds``."""
+        with anyio.move_on_after(seconds):
+            while int(self._status.get("applied_seq", -1)) < seq:
+                if self._status_changed is None:
+                    self._status_changed = anyio.Event()
+                await self._status_changed.wait()
+            return True
+        return int(self._status.get("applied_seq", -1)) >= seq
 
     @property
     def table(self) -> RoutingTable:
@@ -338,7 +369,7 @@ class DataPlane:
                     conn.receive_data(data)
                     continue
                 if type(event) is h11.Request:
-                    status, content_type, body = self._admin_page(event)
+                    status, content_type, body = await self._admin_answer(event)
                     headers = [
                         (b"content-type", content_type),
                         (b"content-length", b"%d" % len(body)),
@@ -363,6 +394,26 @@ class DataPlane:
         finally:
             await anyio.aclose_forcefully(stream)
 
+    async def _admin_answer(self, request: h11.Request) -> tuple[int, bytes, bytes]:
+        """``/health?min_seq=N&timeout=S`` long-polls (at most S seconds, 30 at most): 200 once
+        ``applied_seq`` >= N, else 504; the body is the same JSON either way."""
+        path, _, query = request.target.partition(b"?")
+        if path != b"/health" or not query or request.method not in (b"GET", b"HEAD"):
+            return self._admin_page(request)
+        params = parse_qs(query.decode("latin-1"))
+        try:
+            min_seq = int(params["min_seq"][0]) if "min_seq" in params else None
+            timeout = float(params.get("timeout", ["10"])[0])
+            if not 0 <= timeout <= 300:
+                raise ValueError(timeout)
+        except ValueError:
+            return 400, b"text/plain; charset=utf-8", b"min_seq must be an int, timeout 0..300\n"
+        if min_seq is None:
+            return self._admin_page(request)
+        reached = await self.wait_for_seq(min_seq, timeout)
+        status, content_type, body = self._admin_page(request)
+        return (status if reached else 504), content_type, body
+
     def _admin_page(self, request: h11.Request) -> tuple[int, bytes, bytes]:
         path = request.target.split(b"?", 1)[0]
         if request.method not in (b"GET", b"HEAD"):
@@ -375,6 +426,7 @@ class DataPlane:
                 "in_flight": metrics.in_flight,
                 "connections": metrics.connections,
                 "host": socket.gethostname(),
+                **self._status,
             }
             return 200, b"application/json", json.dumps(doc).encode() + b"\n"
         if path == b"/metrics":

@@ -157,7 +157,7 @@ def test_eventproxy_dataplane_has_one_option_set_whichever_source() -> None:
     standalone = help_options("-m", "eventproxy_dataplane")
     assert standalone >= NODE_OPTIONS
     credentials = {o for o in default if o.startswith("--etcd-")}
-    assert default - standalone == {"--log-url", "--json", *credentials}
+    assert default - standalone == {"--log-url", "--json", "--state-dir", *credentials}
 
 
 class ErrorPages:
