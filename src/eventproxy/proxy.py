@@ -489,7 +489,7 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             records = await log.read(self._projection.seq + 1)
             refused = self._apply_new(records)
             if self._traefik is not None:
-                await self._traefik.project(records, self._table)
+                await self._traefik.catch_up(log, self._table)
                 # end before the callers' deadline, so that the error naming the
                 # replicas reaches them (not a bare timeout)
                 left = batch.since + self.visibility_timeout - asyncio.get_running_loop().time()

@@ -37,8 +37,9 @@ from traitlets.config import LoggingConfigurable
 
 from eventproxy_dataplane.etcd import EtcdClient, EtcdOptions
 
-from ._errors import EventProxyError
+from ._errors import CompactedError, EventProxyError
 from .events import Record
+from .log import RouteLog
 from .log.etcd import parse_etcd_url
 from .projectors import (
     GatewayKV,
@@ -274,11 +275,25 @@ class TraefikPlane:
 
     # -- changes -----------------------------------------------------------------------------
     async def project(self, records: Sequence[Record], table: RouteTable) -> None:
+        """Bring the projection to ``table``: apply ``records`` when they are exactly what it
+        lacks, else re-project the whole table."""
         p = self.projector
+        records = [r for r in records if p.seq < r.seq <= table.seq]
         if records and records[0].seq == p.seq + 1 and records[-1].seq == table.seq:
             await p.apply(records)
         elif p.seq != table.seq:
             await p.reset(table)
+
+    async def catch_up(self, log: RouteLog, table: RouteTable) -> None:
+        """Project what the projection lacks of ``table``, reading the records from ``log``
+        (another task -- the log follower -- may have folded them into the table already)."""
+        if self.projector.seq == table.seq:
+            return
+        try:
+            records = await log.read(self.projector.seq + 1)
+        except CompactedError:
+            records = []
+        await self.project(records, table)
 
     async def confirm(self, seq: int, within: float) -> list[str]:
         if self._died is not None and self.settings.should_start:

@@ -105,3 +105,21 @@ async def test_plane_projector_is_the_in_process_projection() -> None:
         assert list(projector.table) == ["/user/a/"]
     finally:
         await log.aclose()
+
+
+async def test_file_projector_keeps_its_own_copy_of_a_live_table(tmp_path: Path) -> None:
+    """EventProxy's table is folded in place; a projector must not see it move unwritten."""
+    from eventproxy.table import FoldingTable
+
+    log = await open_log("memory://proj-live")
+    try:
+        await log.append([RouteAdded("/user/a/", "http://127.0.0.1:1", {})])
+        folding = FoldingTable()
+        projector = TraefikFileProjector(tmp_path / "routes.toml")
+        await projector.reset(folding.view)
+        folding.apply(await log.read(1))  # the live view moves to seq 1
+        assert projector.seq == 0
+        await projector.apply(await log.read(1))
+        assert parse_toml_document((tmp_path / "routes.toml").read_text())[1] == 1
+    finally:
+        await log.aclose()

@@ -106,6 +106,7 @@ class TraefikFileProjector:
         self.writes += 1
 
     async def reset(self, table: RouteTable) -> None:
+        table = RouteTable(table, table.seq)  # our own copy: a caller's table may be live
         text = toml_document(table)
         if await self.read_text() != text:
             await self._write(text)

@@ -71,6 +71,7 @@ class TraefikKVProjector:
         return ok, current
 
     async def reset(self, table: RouteTable) -> None:
+        table = RouteTable(table, table.seq)  # our own copy: a caller's table may be live
         for _ in range(_MAX_SYNC_ATTEMPTS):
             actual = await self.read()
             current = actual.get(marker_key(self.root))
