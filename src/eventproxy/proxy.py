@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 from jupyterhub.proxy import Proxy
 from jupyterhub.utils import url_path_join
-from traitlets import Float, Unicode, default, validate
+from traitlets import Bool, Float, List, Unicode, default, validate
 
 from eventproxy_dataplane import DataPlane, DataPlaneError, ProxySettings, RoutingTable
 from eventproxy_dataplane.etcd import EtcdOptions
@@ -62,6 +62,7 @@ from ._errors import (
 )
 from ._gc import paused_gc
 from .events import Event, Record, RouteAdded, RouteRemoved, encode_record, now_utc
+from .external import ExternalPlane
 from .log import RouteLog, open_log, redact_url
 from .log._base import encode_or_refuse
 from .log.etcd import etcd_options_from_env
@@ -132,6 +133,19 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         10.0, config=True, help="Seconds to connect to a single-user server."
     )
 
+    data_plane_endpoints = List(
+        Unicode(),
+        config=True,
+        help="""With data_plane = "external": the admin URLs (http://HOST:PORT) of the
+        eventproxy dataplane nodes serving the routes; add_route returns once they have it.""",
+    )
+    require_all_endpoints = Bool(
+        True,
+        config=True,
+        help="""With data_plane = "external": a change must be applied on every node (else the
+        call fails naming the missing ones); False: a majority suffices (a warning names the
+        others).""",
+    )
     etcd_username = Unicode(
         config=True, help="etcd user for an etcd:// log (default: $EVENTPROXY_ETCD_USERNAME)."
     )
@@ -197,17 +211,23 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         self._flush_task: asyncio.Task[None] | None = None
         self._traefik: TraefikPlane | None = None
         self._follow_task: asyncio.Task[None] | None = None
+        self._external: ExternalPlane | None = None
+        self._external_activity: dict[str, datetime] = {}
         self._stopping = False
         self._flush_crash: Exception | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def _require_inprocess(self) -> None:
-        if self.data_plane not in ("inprocess", "traefik"):
-            raise EventProxyError(
-                f"EventProxy.data_plane = {self.data_plane!r} is not available in this version "
-                "of eventproxy; use 'inprocess' (the default) or 'traefik'"
-            )
+        if self.data_plane == "external" and self._external is None:
+            try:
+                self._external = ExternalPlane(
+                    list(self.data_plane_endpoints),
+                    require_all=bool(self.require_all_endpoints),
+                    log=self.log,
+                )
+            except ValueError as exc:
+                raise EventProxyError(str(exc)) from None
 
     async def _ensure_open(self) -> RouteLog:
         if self._log is not None:
@@ -301,6 +321,14 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         start traefik, with ``data_plane = "traefik"``)."""
         self._require_inprocess()
         await self._ensure_open()
+        if self._external is not None:
+            await self._external.confirm(self._table.seq, self.visibility_timeout)
+            self.log.info(
+                "eventproxy: data plane external: %s at seq %d",
+                ", ".join(self._external.endpoints),
+                self._table.seq,
+            )
+            return
         if self._traefik is not None:
             if self._traefik.process is None:
                 await self._traefik.start()
@@ -386,6 +414,9 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             traefik, self._traefik = self._traefik, None
             if traefik is not None:
                 await traefik.stop()
+            external, self._external = self._external, None
+            if external is not None:
+                await external.aclose()
         finally:
             follower, self._follow_task = self._follow_task, None
             if follower is not None:
@@ -495,6 +526,10 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
                 left = batch.since + self.visibility_timeout - asyncio.get_running_loop().time()
                 margin = min(0.25, self.visibility_timeout / 10)
                 await self._traefik.confirm(self._table.seq, max(0.05, left - margin))
+            if self._external is not None:
+                left = batch.since + self.visibility_timeout - asyncio.get_running_loop().time()
+                margin = min(0.25, self.visibility_timeout / 10)
+                await self._external.confirm(seqs[-1], max(0.05, left - margin))
         except VisibilityTimeoutError as exc:  # durable; the plane's own precise message
             batch.fail(_always(exc))
             return
@@ -566,6 +601,13 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         await self._commit(RouteRemoved(spec.raw))
 
     def _activity(self) -> dict[str, str]:
+        if self._external is not None:
+            found = {}
+            for name, ts in self._external_activity.items():
+                spec = routespec_from_name(name)
+                if spec is not None:
+                    found[spec] = _iso(ts)
+            return found
         if self._traefik is not None:
             return {spec: _iso(ts) for spec, ts in self._traefik.last_activity().items()}
         if self._plane is None:
@@ -579,6 +621,8 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
 
     async def get_all_routes(self) -> dict[str, dict[str, Any]]:
         await self._ensure_open()
+        if self._external is not None:
+            self._external_activity = await self._external.activity()
         activity = self._activity()
         with paused_gc():  # ~3 new objects per route; a GC pass mid-way would dominate
             routes = {spec: entry.as_jupyterhub() for spec, entry in self._table.items()}
@@ -596,7 +640,10 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         if entry is None:
             return None
         route = entry.as_jupyterhub()
-        if self._traefik is not None:
+        if self._external is not None:
+            self._external_activity = await self._external.activity()
+            last = self._external_activity.get(name_for(spec.raw))
+        elif self._traefik is not None:
             last = self._traefik.last_activity().get(spec.raw)
         else:
             last = self._plane.activity().get(name_for(spec.raw)) if self._plane else None

@@ -431,4 +431,7 @@ class DataPlane:
             return 200, b"application/json", json.dumps(doc).encode() + b"\n"
         if path == b"/metrics":
             return 200, b"text/plain; version=0.0.4; charset=utf-8", self.metrics_text().encode()
-        return 404, b"text/plain; charset=utf-8", b"not found: try /health or /metrics\n"
+        if path == b"/activity":  # router -> last activity (ISO 8601, UTC)
+            doc = {name: ts.isoformat() for name, ts in self.activity().items()}
+            return 200, b"application/json", json.dumps(doc).encode() + b"\n"
+        return 404, b"text/plain; charset=utf-8", b"not found: try /health, /metrics or /activity\n"
