@@ -136,7 +136,7 @@ def test_demo_ha_survives_a_replica_and_an_etcd_member(tmp_path: Path) -> None:
 
                 # (replica 0 may load the route a moment before the hub's add_route has seen it
                 # on replica 1 and returned, so each is waited on; the node follows the log)
-                wait_until(served, timeout=30, what=f"alice's route on replica {i} {url}")
+                wait_until(served, timeout=60, what=f"alice's route on replica {i} {url}")
 
         # one traefik replica and one etcd member go
         seen.update(process_tree(child.pid))
@@ -152,7 +152,7 @@ def test_demo_ha_survives_a_replica_and_an_etcd_member(tmp_path: Path) -> None:
 
         wait_until(
             lambda: reported() == {"traefik-0", "etcd-0"},
-            timeout=15,
+            timeout=30,
             what="the demo reporting the two it lost",
         )
         child.check_alive()
