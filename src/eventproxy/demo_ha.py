@@ -381,6 +381,7 @@ def _banner(settings: HASettings, children: dict[str, Child]) -> str:
         "  start a server, stop it: every replica routes each change as the hub makes it",
         f"  eventproxy audit /user/{users[0]}/ --log-url {settings.log_url}",
         f"  eventproxy log --log-url {settings.log_url}",
+        f"  curl http://127.0.0.1:{settings.node_admin_port}/health   # the node's applied seq",
         "  stop with  Ctrl-C (stops every process above by its PID)",
         "",
     ]
@@ -521,6 +522,9 @@ async def _start_all(
         f"127.0.0.1:{settings.node_port}",
         "--admin",
         f"127.0.0.1:{settings.node_admin_port}",
+        # its last-known-good table: served at start-up while etcd is unreachable
+        "--state-dir",
+        str(workdir / "node-state"),
     ]
     children["node"] = await start_child(
         "node", node_argv, cwd=workdir, log_path=workdir / "node.log", env=env
