@@ -73,3 +73,57 @@ def plot_dataplane(results: dict[str, Any], out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_soak(results: dict[str, Any], out: Path) -> Path:
+    """RSS, open fds and the proxy's backend sockets (ESTABLISHED, CLOSE_WAIT) over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rss, ax_fds, ax_sock) = plt.subplots(1, 3, figsize=(16, 4.8))
+    loaded = results.get("loaded_s")
+    for i, (name, target) in enumerate(sorted(results["targets"].items())):
+        points = [s for s in target.get("samples", []) if "rss_mb" in s]
+        if not points:
+            continue
+        color = f"C{i}"
+        t = [s["t"] / 60 for s in points]
+        ax_rss.plot(t, [s["rss_mb"] for s in points], color=color, label=name)
+        ax_fds.plot(t, [s["fds"] for s in points], color=color, label=name)
+        ax_sock.plot(
+            t,
+            [s["backend_sockets"].get("ESTABLISHED", 0) for s in points],
+            color=color,
+            linestyle="--",
+            label=f"{name} ESTABLISHED",
+        )
+        ax_sock.plot(
+            t,
+            [s["backend_sockets"].get("CLOSE_WAIT", 0) for s in points],
+            color=color,
+            label=f"{name} CLOSE_WAIT",
+        )
+    for ax, title in (
+        (ax_rss, "RSS (MB)"),
+        (ax_fds, "open file descriptors"),
+        (ax_sock, "sockets to backends, by state"),
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("minutes")
+        ax.grid(alpha=0.3)
+        if loaded:
+            ax.axvline(loaded / 60, color="grey", linewidth=0.8)  # load ends, cool-down starts
+        ax.legend(fontsize=8)
+    p = results["parameters"]
+    fig.suptitle(
+        f"soak: {p['routes']} routes on own ports, {p['changes_per_s']:g} changes/s, "
+        f"{p['http_per_s']:g} GET/s, {p['ws_per_s']:g} WS/s; load avg "
+        f"{results.get('loadavg_before', ['?'])[0]} before, "
+        f"{results.get('loadavg_after', ['?'])[0]} after (grey line: cool-down starts)"
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -85,12 +85,17 @@ def rss_bytes(pid: int) -> int:
     raise OSError(f"no VmRSS in /proc/{pid}/status")
 
 
-def states_to(remote_ports: Collection[int], pid: int | None = None) -> Counter[str]:
+def states_to(
+    remote_ports: Collection[int],
+    pid: int | None = None,
+    sockets: list[TcpSocket] | None = None,
+) -> Counter[str]:
     """States of the TCP sockets whose remote port is in ``remote_ports`` (of ``pid`` only, if
-    given: sockets the process still holds; an orphan in TIME_WAIT belongs to nobody)."""
+    given: sockets the process still holds; an orphan in TIME_WAIT belongs to nobody).
+    ``sockets``: a :func:`tcp_sockets` list read once for several calls."""
     inodes = socket_inodes(pid) if pid is not None else None
     counts: Counter[str] = Counter()
-    for sock in tcp_sockets():
+    for sock in tcp_sockets() if sockets is None else sockets:
         if sock.remote_port in remote_ports and (inodes is None or sock.inode in inodes):
             counts[sock.state] += 1
     return counts

@@ -1,0 +1,470 @@
+"""Soak: a busy hub's workload for minutes; memory, descriptors and backend sockets over time.
+
+Issue 13's workload, run against three proxies at the same time (each with its own load
+driver, all sharing the backends, so machine noise hits them alike):
+
+* ``eventproxy`` -- ``EventProxy`` with its in-process data plane, in a stand-in hub process
+  (:mod:`bench._soak_hub`), routes changed through ``add_route``/``delete_route``;
+* ``node`` -- a standalone node, ``eventproxy dataplane --log-url file://...``, following a log
+  the benchmark appends to;
+* ``chp`` -- configurable-http-proxy, routes changed through its REST API.
+
+Workload per proxy (:mod:`bench._soak_load`): 1,000 user routes, each to its own backend port
+(:mod:`bench._soak_backend`: several processes, 1,100 ports; a kept-alive connection idle for 5 s
+is closed by the backend, as node's HTTP server does), 10 route changes/s (a server restarting
+on a new port), 200 HTTP GETs/s, 5 WebSocket connects/s (clean closes, abrupt resets, upgrades to
+a stopped server). Both eventproxy processes run under ``ulimit -n 1024`` (a hub's usual limit;
+CHP runs with the benchmark's own).
+
+Every ``interval`` seconds, from ``/proc``: RSS, open fds, and the proxy's TCP sockets to the
+backends by state. After the load, a cool-down (longer than the backends' keep-alive timeout)
+is sampled too: what is still in CLOSE_WAIT then is a leak. Reported per proxy: the samples,
+least-squares slopes (RSS MB/min, fds/min) with r² over the loaded part after a warm-up, the
+CLOSE_WAIT count during and after, the workload's counts and errors; a plot of all three.
+
+``--quick``: 60 s of load. Full: 10 minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench._soak_load import LOOPBACK, Workload
+from bench._support import ROOT, ChildProcess, free_port, port_accepts, wait_until
+from eventproxy import RouteAdded, RouteRemoved
+from eventproxy.log import FileRouteLog
+from support.chp import CHP
+from support.procnet import TcpSocket, open_fds, rss_bytes, states_to, tcp_sockets
+from support.tools import ToolMissing, ensure_chp
+
+NOFILE = 1024  # the soft limit the eventproxy processes run under
+
+
+@dataclass
+class Params:
+    duration: float = 600.0
+    interval: float = 5.0
+    cool_down: float = 20.0
+    warm_up: float = 60.0  # samples before this are left out of the slopes
+    routes: int = 1000
+    spare_ports: int = 100
+    backend_processes: int = 4
+    changes_per_s: float = 10.0
+    http_per_s: float = 200.0
+    ws_per_s: float = 5.0
+    targets: Sequence[str] = ("eventproxy", "node", "chp")
+
+    @classmethod
+    def quick(cls) -> Params:
+        return cls(duration=60.0, interval=2.0, cool_down=12.0, warm_up=10.0)
+
+
+# -- how each proxy's routes change ---------------------------------------------------------
+class HubControl:
+    """Route changes through the stand-in hub's control socket (EventProxy's API)."""
+
+    grace = 0.0  # add_route returns when the route is routed
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lock = asyncio.Lock()
+
+    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        async with self._lock:  # one request in flight on the one connection
+            if self._streams is None:
+                self._streams = await asyncio.open_connection(LOOPBACK, self.port)
+            reader, writer = self._streams
+            writer.write(json.dumps(request).encode() + b"\n")
+            answer: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 30))
+        if not answer.get("ok"):
+            raise RuntimeError(f"hub refused {request}: {answer}")
+        return answer
+
+    async def add(self, spec: str, target: str) -> None:
+        await self.call({"op": "add", "routespec": spec, "target": target})
+
+    async def delete(self, spec: str) -> None:
+        await self.call({"op": "delete", "routespec": spec})
+
+    async def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+
+
+class LogControl:
+    """Route changes appended to the file log a standalone node follows."""
+
+    grace = 1.0  # the node applies an append shortly after it (it follows the file)
+
+    def __init__(self, log: FileRouteLog) -> None:
+        self.log = log
+
+    async def add(self, spec: str, target: str) -> None:
+        await self.log.append([RouteAdded(spec, target, {"user": "soak"})])
+
+    async def delete(self, spec: str) -> None:
+        await self.log.append([RouteRemoved(spec)])
+
+
+class CHPControl:
+    """Route changes through configurable-http-proxy's REST API (as JupyterHub makes them)."""
+
+    grace = 0.0
+
+    def __init__(self, chp: CHP) -> None:
+        self.client = httpx.AsyncClient(
+            base_url=f"http://{LOOPBACK}:{chp.api_port}/api/routes",
+            headers={"Authorization": f"token {chp.token}"},
+            timeout=30,
+        )
+
+    async def add(self, spec: str, target: str) -> None:
+        r = await self.client.post(spec.rstrip("/"), json={"target": target, "user": "soak"})
+        r.raise_for_status()
+
+    async def delete(self, spec: str) -> None:
+        r = await self.client.delete(spec.rstrip("/"))
+        if r.status_code != 404:
+            r.raise_for_status()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+# -- processes ------------------------------------------------------------------------------
+def limited(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "bench._limit", str(NOFILE), "--", *argv]
+
+
+def start_backends(stack: ExitStack, workdir: Path, params: Params) -> list[int]:
+    total = params.routes + params.spare_ports
+    per = math.ceil(total / params.backend_processes)
+    ports: list[int] = []
+    for i in range(params.backend_processes):
+        log = workdir / f"backend{i}.log"
+        child = ChildProcess(
+            [sys.executable, "-m", "bench._soak_backend", "--count", str(per)],
+            log_path=log,
+            cwd=ROOT,
+        )
+        stack.callback(child.stop)
+        wait_until(
+            lambda child=child: "PORTS " in child.output(),  # type: ignore[misc]
+            timeout=60,
+            what="soak backend ports",
+            alive=child.check_alive,
+        )
+        line = next(x for x in child.output().splitlines() if x.startswith("PORTS "))
+        ports += [int(p) for p in line[6:].split(",")]
+    return ports[:total]
+
+
+@dataclass
+class Running:
+    name: str
+    pid: int
+    port: int
+    workload: Workload | None = None
+    close: list[Any] = field(default_factory=list)
+    stats: Any = None  # async () -> dict, what the proxy says of itself at the end
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def start_hub(stack: ExitStack, workdir: Path) -> Running:
+    port, control = free_port(), free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "bench._soak_hub",
+        "--log-url",
+        f"file://{workdir}/hub-routes.log",
+        "--port",
+        str(port),
+        "--control-port",
+        str(control),
+    ]
+    child = ChildProcess(limited(argv), log_path=workdir / "hub.log", cwd=ROOT)
+    stack.callback(child.stop)
+    wait_until(lambda: port_accepts(control), timeout=60, what="soak hub", alive=child.check_alive)
+    hub = HubControl(control)
+    running = Running("eventproxy", child.pid, port, info={"nofile": NOFILE})
+    running.close.append(hub.close)
+    running.stats = lambda: hub.call({"op": "stats"})
+    running.info["control"] = hub
+    return running
+
+
+async def start_node(stack: ExitStack, workdir: Path) -> Running:
+    log = await FileRouteLog.open(workdir / "node-routes.log")
+    port, admin = free_port(), free_port()
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from eventproxy.cli import main; sys.exit(main())",
+        "dataplane",
+        "--log-url",
+        f"file://{workdir}/node-routes.log",
+        "--listen",
+        f"{LOOPBACK}:{port}",
+        "--admin",
+        f"{LOOPBACK}:{admin}",
+    ]
+    child = ChildProcess(limited(argv), log_path=workdir / "node.log", cwd=ROOT)
+    stack.callback(child.stop)
+    wait_until(lambda: port_accepts(admin), timeout=60, what="node", alive=child.check_alive)
+    running = Running("node", child.pid, port, info={"nofile": NOFILE})
+    running.close.append(log.aclose)
+    running.info["control"] = LogControl(log)
+
+    async def stats() -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            text = (await client.get(f"http://{LOOPBACK}:{admin}/metrics")).text
+            health = (await client.get(f"http://{LOOPBACK}:{admin}/health")).json()
+        routers = {
+            line.split('router="', 1)[1].split('"', 1)[0]
+            for line in text.splitlines()
+            if line.startswith("eventproxy_dataplane_requests_total{")
+        }
+        idle = [
+            line.split()[-1]
+            for line in text.splitlines()
+            if line.startswith("eventproxy_dataplane_backend_idle_connections ")
+        ]
+        return {
+            "counters": len(routers),
+            "idle": int(idle[0]) if idle else None,
+            "generation": health.get("generation"),
+        }
+
+    running.stats = stats
+    return running
+
+
+def start_chp_target(stack: ExitStack, workdir: Path) -> Running | str:
+    try:
+        version = _version(ensure_chp())
+        chp = CHP(workdir / "chp")
+    except (ToolMissing, OSError, RuntimeError) as exc:
+        return f"configurable-http-proxy unavailable: {exc}"
+    stack.callback(chp.stop)
+    control = CHPControl(chp)
+    running = Running("chp", chp.pid, chp.port)
+    running.close.append(control.close)
+    running.info["control"] = control
+    running.info["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    running.info["version"] = version
+    return running
+
+
+def _version(binary: Path) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
+
+
+# -- sampling and analysis --------------------------------------------------------------------
+def sample(
+    pid: int, backend_ports: set[int], sockets: list[TcpSocket] | None = None
+) -> dict[str, Any]:
+    states = states_to(backend_ports, pid, sockets)
+    return {
+        "rss_mb": round(rss_bytes(pid) / 2**20, 2),
+        "fds": open_fds(pid),
+        "backend_sockets": dict(sorted(states.items())),
+    }
+
+
+def sample_all(targets: list[Running], backend_ports: set[int]) -> dict[str, dict[str, Any]]:
+    """One sample of every target, from one reading of the kernel's TCP table."""
+    sockets = tcp_sockets()
+    out: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        try:
+            out[target.name] = sample(target.pid, backend_ports, sockets)
+        except OSError as exc:
+            out[target.name] = {"error": str(exc)}
+    return out
+
+
+def fit(points: list[tuple[float, float]]) -> dict[str, float | None]:
+    """Least-squares line through (minutes, value): slope per minute and r²."""
+    n = len(points)
+    if n < 3:
+        return {"slope_per_min": None, "r2": None}
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    syy = sum((y - my) ** 2 for _, y in points)
+    slope = sxy / sxx if sxx else 0.0
+    r2 = (sxy * sxy) / (sxx * syy) if sxx and syy else 0.0
+    return {"slope_per_min": round(slope, 3), "r2": round(r2, 3)}
+
+
+def analyse(samples: list[dict[str, Any]], params: Params) -> dict[str, Any]:
+    good = [s for s in samples if "error" not in s]
+    loaded = [s for s in good if s["phase"] == "load" and s["t"] >= params.warm_up]
+    cool = [s for s in good if s["phase"] == "cool-down"]
+    load = [s for s in good if s["phase"] == "load"]
+
+    def series(key: str) -> list[tuple[float, float]]:
+        return [(s["t"] / 60, float(s[key])) for s in loaded if key in s]
+
+    def close_wait(s: dict[str, Any]) -> int:
+        return int(s["backend_sockets"].get("CLOSE_WAIT", 0))
+
+    return {
+        "rss_mb": {
+            "start": load[0]["rss_mb"] if load else None,
+            "end": load[-1]["rss_mb"] if load else None,
+            **fit(series("rss_mb")),
+        },
+        "fds": {
+            "start": load[0]["fds"] if load else None,
+            "end": load[-1]["fds"] if load else None,
+            "max": max((s["fds"] for s in load), default=None),
+            **fit(series("fds")),
+        },
+        "backend_close_wait": {
+            "max_under_load": max((close_wait(s) for s in load), default=None),
+            "after_cool_down": close_wait(cool[-1]) if cool else None,
+        },
+        "backend_established_after_cool_down": (
+            int(cool[-1]["backend_sockets"].get("ESTABLISHED", 0)) if cool else None
+        ),
+    }
+
+
+async def sampler(
+    targets: list[Running],
+    backend_ports: set[int],
+    samples: dict[str, list[dict[str, Any]]],
+    started: float,
+    interval: float,
+    phase: list[str],
+    stop: asyncio.Event,
+) -> None:
+    while not stop.is_set():
+        t = round(time.monotonic() - started, 1)
+        points = await asyncio.to_thread(sample_all, targets, backend_ports)
+        for target in targets:
+            samples[target.name].append({"t": t, "phase": phase[0], **points[target.name]})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+async def soak(workdir: Path, params: Params) -> dict[str, Any]:
+    results: dict[str, Any] = {"parameters": {**params.__dict__, "targets": list(params.targets)}}
+    with ExitStack() as stack:
+        backend_ports = start_backends(stack, workdir, params)
+        stopped_port = free_port()  # nothing listens there: a stopped server
+        targets: list[Running] = []
+        unavailable: dict[str, str] = {}
+        if "eventproxy" in params.targets:
+            targets.append(start_hub(stack, workdir))
+        if "node" in params.targets:
+            targets.append(await start_node(stack, workdir))
+        if "chp" in params.targets:
+            chp = start_chp_target(stack, workdir)
+            if isinstance(chp, str):
+                unavailable["chp"] = chp
+            else:
+                targets.append(chp)
+        try:
+            for i, target in enumerate(targets):
+                target.workload = Workload(
+                    target.name,
+                    target.port,
+                    target.info.pop("control"),
+                    list(backend_ports),
+                    stopped_port,
+                    routes=params.routes,
+                    changes_per_s=params.changes_per_s,
+                    http_per_s=params.http_per_s,
+                    ws_per_s=params.ws_per_s,
+                    seed=i + 1,
+                )
+            setup_started = time.monotonic()
+            await asyncio.gather(*(t.workload.setup() for t in targets if t.workload))
+            results["setup_s"] = round(time.monotonic() - setup_started, 1)
+            loadavg_before = os.getloadavg()
+            samples: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+            phase = ["load"]
+            stop = asyncio.Event()
+            started = time.monotonic()
+            sampling = asyncio.create_task(
+                sampler(targets, set(backend_ports), samples, started, params.interval, phase, stop)
+            )
+            await asyncio.gather(*(t.workload.run(params.duration) for t in targets if t.workload))
+            loaded_for = time.monotonic() - started
+            phase[0] = "cool-down"
+            await asyncio.sleep(params.cool_down)
+            stop.set()
+            await sampling
+            last = sample_all(targets, set(backend_ports))  # at the end of the cool-down
+            for target in targets:
+                samples[target.name].append(
+                    {
+                        "t": round(time.monotonic() - started, 1),
+                        "phase": "cool-down",
+                        **last[target.name],
+                    }
+                )
+            results["loaded_s"] = round(loaded_for, 1)
+            results["loadavg_before"] = [round(x, 2) for x in loadavg_before]
+            results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+            results["targets"] = {}
+            for target in targets:
+                assert target.workload is not None
+                entry: dict[str, Any] = {
+                    "pid_nofile": target.info.get("nofile"),
+                    "version": target.info.get("version"),
+                    "workload": target.workload.summary(),
+                    **analyse(samples[target.name], params),
+                    "samples": samples[target.name],
+                }
+                if target.stats is not None:
+                    try:
+                        entry["self_report"] = await target.stats()
+                    except Exception as exc:  # reported; the samples still stand
+                        entry["self_report"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    entry["self_report"]["live_routes"] = params.routes + 5
+                results["targets"][target.name] = entry
+            for name, reason in unavailable.items():
+                results["targets"][name] = {"status": "unavailable", "reason": reason}
+        finally:
+            for target in targets:
+                for close in target.close:
+                    await close()
+    return results
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    import tempfile
+
+    params = Params.quick() if ctx.quick else Params()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = asyncio.run(soak(Path(tmp), params))
+    name = "soak-quick" if ctx.quick else "soak"
+    from bench._plot import plot_soak
+
+    results["plot"] = str(plot_soak(results, ctx.results_dir / f"{name}.png").name)
+    return results
