@@ -464,7 +464,11 @@ def run(ctx: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         results = asyncio.run(soak(Path(tmp), params))
     name = "soak-quick" if ctx.quick else "soak"
-    from bench._plot import plot_soak
+    (ctx.results_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    try:
+        from bench._plot import plot_soak
 
-    results["plot"] = str(plot_soak(results, ctx.results_dir / f"{name}.png").name)
+        results["plot"] = str(plot_soak(results, ctx.results_dir / f"{name}.png").name)
+    except ImportError as exc:  # nox -s bench installs matplotlib; a bare venv may not have it
+        results["plot"] = f"not drawn: {exc}"
     return results
