@@ -75,22 +75,22 @@ class Params:
 
 # -- how each proxy's routes change ---------------------------------------------------------
 class HubControl:
-    """Route changes through the stand-in hub's control socket (EventProxy's API)."""
+    """Route changes through the stand-in hub's control socket (EventProxy's API): one
+    connection per call, so calls run concurrently (as JupyterHub's do) and a call the driver
+    gave up on cannot hand its answer to the next one."""
 
     grace = 0.0  # add_route returns when the route is routed
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._lock = asyncio.Lock()
 
     async def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        async with self._lock:  # one request in flight on the one connection
-            if self._streams is None:
-                self._streams = await asyncio.open_connection(LOOPBACK, self.port)
-            reader, writer = self._streams
+        reader, writer = await asyncio.open_connection(LOOPBACK, self.port)
+        try:
             writer.write(json.dumps(request).encode() + b"\n")
-            answer: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 30))
+            answer: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 60))
+        finally:
+            writer.close()
         if not answer.get("ok"):
             raise RuntimeError(f"hub refused {request}: {answer}")
         return answer
@@ -102,8 +102,7 @@ class HubControl:
         await self.call({"op": "delete", "routespec": spec})
 
     async def close(self) -> None:
-        if self._streams is not None:
-            self._streams[1].close()
+        pass
 
 
 class LogControl:
