@@ -578,6 +578,13 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         record = Record(seq=1, ts=now_utc(), actor=self.actor, event=event)
         encode_or_refuse(lambda: encode_record(record), [record])
         await self._commit(event)
+        if not spec.reachable:
+            self.log.warning(
+                "eventproxy: route %r has an empty path segment ('//'): it is stored and listed, "
+                "but no request reaches it (routed literally, never normalised; "
+                "docs/routespecs.md)",
+                spec.raw,
+            )
 
     def _check_mode_unless_known(self, spec: RouteSpec, known: bool) -> None:
         """A routespec of the other host-routing mode is a ValueError, unless it is ``known``.

@@ -15,7 +15,14 @@ The policy (``docs/routespecs.md`` explains it for users):
   to inject ``||``, parentheses or braces into a rule.
 * Every percent-escape is well formed and decodes to UTF-8 text; the decoded text contains no
   control character (CR, LF, TAB, NUL, DEL, C1), no ``/`` (``%2F``) and no ``\\`` (``%5C``).
-* No empty segment (``//``) and no dot segment (``.``, ``..``, also spelled ``%2E``).
+* No dot segment (``.``, ``..``, also spelled ``%2E``) and no empty *last* segment (``/user//``:
+  without its trailing slash that is ``/user/``, the path of another route).
+* An empty segment elsewhere (JupyterHub's own ``example.com//has%20space/foo/``) is accepted,
+  stored and listed byte-identical, and matched *literally*: it routes the requests whose
+  decoded path has the same segments, the empty one included, never a normalised form, so it
+  can capture nobody else's traffic. No plane routes such a request today -- the data plane
+  refuses request paths with an empty segment (404) and traefik merges ``//`` before routing --
+  so such a route is reachable by no request, identically in every plane.
 * A trailing slash is added when missing, as JupyterHub does.
 * A host part is a DNS name (letters, digits, ``-``, ``.``), no port, no userinfo. It is matched
   case-insensitively, like traefik's ``Host`` matcher, and kept as written.
@@ -81,6 +88,12 @@ class RouteSpec:
     host: str | None
     path: str
     decoded_path: str
+
+    @property
+    def reachable(self) -> bool:
+        """False for a path with an empty segment: stored and listed, but no plane routes a
+        request with an empty segment (see the module docstring)."""
+        return "//" not in self.decoded_path
 
     @property
     def match_host(self) -> str | None:
@@ -219,11 +232,15 @@ def _parse_cached(spec: str, host_routing: bool | None) -> RouteSpec:
     if not path.endswith("/"):
         path += "/"
     segments = path[1:-1].split("/") if path != "/" else []
+    if segments and segments[-1] == "":
+        raise InvalidRoutespecError(
+            f"routespec {spec!r}: empty last path segment ('//' at the end); without its "
+            f"trailing slash it would be {(host or '') + path[:-1]!r}, another route's path"
+        )
     decoded = []
     for segment in segments:
-        if segment == "":
-            raise InvalidRoutespecError(f"routespec {spec!r}: empty path segment ('//')")
-        decoded.append(_decode_segment(spec, segment))
+        # An empty segment elsewhere is kept and matched literally (see the module docstring).
+        decoded.append(_decode_segment(spec, segment) if segment else "")
     decoded_path = "/" + "".join(s + "/" for s in decoded)
     raw = path if host is None else host + path
     return RouteSpec(raw=raw, host=host, path=path, decoded_path=decoded_path)

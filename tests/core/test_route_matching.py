@@ -3,10 +3,13 @@
 The policy (``docs/routespecs.md``): a routespec ``P/`` routes the requests whose decoded path is
 ``P`` or starts with ``P/`` -- never ``P`` followed by anything else -- and among the routes that
 match, the one with the longest path wins (for the same path, the one naming the host). The model
-below says exactly that, in a few lines of string comparison. The implementation under test is the
-real chain of the in-process plane: routespec -> ``plane_entry`` (names, ``rule_for``,
-``priority_for``) -> the data plane's ``RoutingTable`` (segment tries), and the table's
-brute-force evaluation of every rule, which must agree with both.
+below says exactly that, in a few lines of string comparison. A routespec with an empty segment
+(``example.com//has%20space/foo/``, accepted but not as the last segment) is matched literally,
+and since the data plane refuses request paths with an empty segment (as traefik merges ``//``
+before routing), no request reaches it and no request written with ``//`` reaches any route.
+The implementation under test is the real chain of the in-process plane: routespec ->
+``plane_entry`` (names, ``rule_for``, ``priority_for``) -> the data plane's ``RoutingTable``
+(segment tries), and the table's brute-force evaluation of every rule; all must agree.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from eventproxy.traefik import priority_for, rule_for
 from eventproxy_dataplane import RoutingTable
 
 # Segments that start alike (a, ab), decode alike ($ and %24, é and %C3%A9), or are empty.
-SEGMENTS = ["a", "ab", "b", "$", "%24", "é", "%C3%A9", "user"]
+SEGMENTS = ["a", "ab", "b", "$", "%24", "é", "%C3%A9", "user", ""]
 HOSTS = [None, "a.test", "b.test"]
 
 
 def model(routes: list[tuple[str | None, str]], host: str | None, path: str) -> str | None:
     """The routespec a request reaches under the policy, or None."""
     decoded = unquote(path.split("?", 1)[0])
+    if "//" in decoded:
+        return None  # refused by the data plane (404), whatever the routes
     best: tuple[int, int, str] | None = None
     for route_host, spec in routes:
         if route_host is not None and route_host != host:
@@ -50,6 +55,8 @@ def route_sets(draw: st.DrawFn) -> list[tuple[str | None, str]]:
     for _ in range(draw(st.integers(1, 12))):
         host = draw(st.sampled_from(HOSTS))
         segments = draw(st.lists(st.sampled_from(SEGMENTS), max_size=3))
+        if segments and segments[-1] == "":
+            segments[-1] = "b"  # an empty last segment is refused (test_routespec.py)
         path = "/" + "".join(s + "/" for s in segments)
         spec = path if host is None else host + path
         # Two routespecs that route the same paths (/$/ and /%24/) tie; the policy does not say
@@ -101,7 +108,14 @@ def test_data_plane_routes_as_the_policy_says(
         assert routed(table, host, path) == (expected, expected), (host, path)
 
 
-NAMED = [(None, "/"), (None, "/user/a/"), (None, "/user/a/b/"), (None, "/user/ab/")]
+NAMED = [
+    (None, "/"),
+    (None, "/user/a/"),
+    (None, "/user/a/b/"),
+    (None, "/user/ab/"),
+    (None, "//has%20space/foo/"),  # JupyterHub's extra route, as under host routing
+    ("hub.test", "hub.test//missing-trailing/slash/"),
+]
 
 
 @pytest.mark.parametrize(
@@ -117,9 +131,14 @@ NAMED = [(None, "/"), (None, "/user/a/"), (None, "/user/a/b/"), (None, "/user/ab
         ("/user/abc", "/"),  # /user/ab/ never captures /user/abc
         ("/user/a.", "/"),
         ("/user", "/"),
+        ("/has%20space/foo/x", "/"),  # the literal route never captures the path without //
+        ("/missing-trailing/slash", "/"),
+        ("//has%20space/foo/x", None),  # ... and requests with // are refused (404)
+        ("//missing-trailing/slash", None),
+        ("/user//a/", None),
     ],
 )
-def test_named_servers_without_trailing_slash(path: str, expected: str) -> None:
+def test_named_servers_without_trailing_slash(path: str, expected: str | None) -> None:
     assert model(NAMED, "hub.test", path) == expected
     assert routed(table_for(NAMED), "hub.test", path) == (expected, expected)
 

@@ -22,6 +22,11 @@ ACCEPTED = {
     "alice.example.com/user/alice/": "alice.example.com/user/alice/",
     "Alice.Example.COM/": "Alice.Example.COM/",
     "/user/a.b/..c/.d./": "/user/a.b/..c/.d./",
+    # Empty segments (not the last): JupyterHub's own extra routes under host routing.
+    "example.com//has%20space/foo/": "example.com//has%20space/foo/",
+    "example.com//missing-trailing/slash": "example.com//missing-trailing/slash/",
+    "/user//x/": "/user//x/",
+    "//x": "//x/",
 }
 
 REJECTED = {
@@ -34,8 +39,11 @@ REJECTED = {
     "/user/%2F/": "encoded slash",
     "/user/a%2fb/": "encoded slash",
     "/user/a%5Cb/": "encoded backslash",
-    "/user//x/": "empty path segment",
-    "//x/": "empty path segment",
+    "/user//": "empty last path segment",
+    "/user/a//": "empty last path segment",
+    "//": "empty last path segment",
+    "example.com//": "empty last path segment",
+    "example.com/a//": "empty last path segment",
     "/user/a?b/": "raw '?'",
     "/user/a#b/": "raw '#'",
     "/user/a\r\nX-Evil: 1/": "control character",

@@ -9,12 +9,18 @@ other than configurable-http-proxy as not-run xfails, each with the reason.
 
 ``EVENTPROXY_JH_SUITE_PROXY=chp`` leaves JupyterHub's default proxy in place (a baseline run);
 ``EVENTPROXY_JH_SUITE_DATA_PLANE=traefik`` runs them with EventProxy starting traefik.
+
+With ``JUPYTERHUB_TEST_SUBDOMAIN_HOST`` (JupyterHub's switch for running its tests with host
+routing, e.g. ``http://localhost.jovyan.org:8000``), that host and every name under it resolve to
+127.0.0.1 inside this process, as the public DNS wildcard JupyterHub's CI relies on does: the
+tests stay on loopback and need no DNS.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,28 @@ def _use_eventproxy() -> bool:
     return os.environ.get("EVENTPROXY_JH_SUITE_PROXY", "eventproxy") == "eventproxy"
 
 
+def _resolve_subdomains_to_loopback(domain: str) -> None:
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if isinstance(name, str):
+            name = name.rstrip(".").lower()
+            if name == domain or name.endswith("." + domain):
+                host = "127.0.0.1"
+        return original(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    subdomain_host = os.environ.get("JUPYTERHUB_TEST_SUBDOMAIN_HOST")
+    if subdomain_host:
+        from urllib.parse import urlsplit
+
+        domain = urlsplit(subdomain_host).hostname
+        if domain:
+            _resolve_subdomains_to_loopback(domain.lower())
     if not _use_eventproxy():
         return
     from jupyterhub.tests.mocking import MockHub
@@ -53,6 +80,10 @@ def pytest_configure(config: pytest.Config) -> None:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("proxy_class", "eventproxy")
         original(self, *args, **kwargs)
+        # A timing knob only: on a loaded 2-core machine JupyterHub's single-user servers take
+        # more than the default 30 s to answer, and JupyterHub gives up on them.
+        if "http_timeout" not in self.config.Spawner:
+            self.config.Spawner.http_timeout = 120
         if "log_url" not in self.config.EventProxy:
             self.config.EventProxy.log_url = f"file://{log_dir / f'routes-{next(counter)}.log'}"
         plane = os.environ.get("EVENTPROXY_JH_SUITE_DATA_PLANE")

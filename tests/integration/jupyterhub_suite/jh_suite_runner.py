@@ -11,7 +11,9 @@ By hand (the default module is ``jupyterhub.tests.test_proxy``)::
 
     .venv/bin/python tests/integration/jupyterhub_suite/jh_suite_runner.py
     .venv/bin/python tests/integration/jupyterhub_suite/jh_suite_runner.py \\
-        jupyterhub.tests.test_proxy jupyterhub.tests.test_named_servers   # + ~2 minutes
+        jupyterhub.tests.test_proxy jupyterhub.tests.test_named_servers   # + ~2-5 minutes
+    JUPYTERHUB_TEST_SUBDOMAIN_HOST=http://localhost.jovyan.org:8000 \
+        .venv/bin/python tests/integration/jupyterhub_suite/jh_suite_runner.py  # host routing
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ ROOT = HERE.parents[2]
 SITE = ROOT / ".cache" / "jupyterhub-suite" / "site"
 PYTEST_ASYNCIO = "pytest-asyncio>=1.0,<2"
 DEFAULT_MODULES = ("jupyterhub.tests.test_proxy",)
-TIMEOUT = 300.0
+#: JupyterHub's switch for running its tests with host routing (``subdomain_host``); the plugin
+#: resolves this name and its subdomains to 127.0.0.1.
+SUBDOMAIN_HOST = "http://localhost.jovyan.org:8000"
+TIMEOUT = 900.0
 # JupyterHub's own pytest settings (its pyproject.toml is not shipped in the wheel).
 INI = """\
 [pytest]
@@ -75,15 +80,25 @@ def ensure_pytest_asyncio() -> Path:
 
 
 def run(
-    modules: tuple[str, ...] = DEFAULT_MODULES, *, workdir: Path
+    modules: tuple[str, ...] = DEFAULT_MODULES,
+    *,
+    workdir: Path,
+    subdomain_host: str | None = None,
 ) -> tuple[int, str, list[Result]]:
-    """Run ``modules`` with EventProxy; returns (pytest's exit code, its output, results)."""
+    """Run ``modules`` with EventProxy; returns (pytest's exit code, its output, results).
+
+    ``subdomain_host`` set: JupyterHub's tests run with host routing
+    (``JUPYTERHUB_TEST_SUBDOMAIN_HOST``); unset: without it, whatever the caller's environment.
+    """
     site = ensure_pytest_asyncio()
     ini = workdir / "pytest.ini"
     ini.write_text(INI)
     junit = workdir / "junit.xml"
+    inherited = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_TEST_SUBDOMAIN_HOST"}
+    if subdomain_host:
+        inherited["JUPYTERHUB_TEST_SUBDOMAIN_HOST"] = subdomain_host
     env = {
-        **os.environ,
+        **inherited,
         "PYTHONPATH": os.pathsep.join(
             [str(site), str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
@@ -138,7 +153,8 @@ def parse_junit(path: Path) -> list[Result]:
 def main(argv: list[str]) -> int:
     modules = tuple(argv) or DEFAULT_MODULES
     with tempfile.TemporaryDirectory() as tmp:
-        code, output, results = run(modules, workdir=Path(tmp))
+        subdomain_host = os.environ.get("JUPYTERHUB_TEST_SUBDOMAIN_HOST")
+        code, output, results = run(modules, workdir=Path(tmp), subdomain_host=subdomain_host)
     print(output)
     for r in results:
         if r.outcome != "passed":
