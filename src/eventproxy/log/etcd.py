@@ -214,6 +214,25 @@ class _Identity:
         self.revision = max(self.revision, revision)
         self.head = max(self.head, head.seq)
 
+    def copy(self) -> _Identity:
+        return _Identity(self.cluster_id, self.log_id, self.revision, self.head)
+
+    def merge(self, other: _Identity) -> None:
+        self.cluster_id = other.cluster_id or self.cluster_id
+        self.log_id = other.log_id or self.log_id
+        self.revision = max(self.revision, other.revision)
+        self.head = max(self.head, other.head)
+
+    def check_event(self, url: str, head: _Head | None) -> None:
+        """A watched change of the head key (historic: older than reads made since). Only a
+        new log id or a deleted head can say the store was reset."""
+        if head is None:
+            if self.head:
+                self.check(url, "", self.revision, _Head(0, "", 0))
+            return
+        if self.log_id and head.log_id and head.log_id != self.log_id:
+            self.check(url, "", self.revision, head)
+
 
 @dataclass(frozen=True, slots=True)
 class _View:
@@ -262,8 +281,10 @@ class EtcdRouteLog(RouteLog):
             raise InvalidLogURLError(f"log URL {redact_url(url)!r}: {exc}") from None
         self = cls(url, client, prefix, readonly=readonly)
         try:
+            before = self.identity.copy()
             view = await self._view(1, limit=1)
-            self.identity.check(self.url, view.cluster_id, view.revision, view.head)
+            before.check(self.url, view.cluster_id, view.revision, view.head)
+            self.identity.merge(before)
         except BaseException:
             await client.aclose()
             raise
@@ -510,10 +531,12 @@ class EtcdRouteLog(RouteLog):
             return []
         for _ in range(_MAX_ATTEMPTS):
             self._check_open()
+            before = self.identity.copy()
             with _mapped(self.url, "append: read the head"):
                 result = await self.client.range(self._head_key)
             head = _Head.decode(result.kvs[0] if result.kvs else None, self.url)
-            self.identity.check(self.url, result.cluster_id, result.revision, head)
+            before.check(self.url, result.cluster_id, result.revision, head)
+            self.identity.merge(before)
             if expected_head is not None and expected_head != head.seq:
                 raise AppendConflictError(
                     f"{self.url}: expected head {expected_head}, but the log is at {head.seq}"
@@ -747,9 +770,9 @@ class _EtcdWatch(AsyncIterator[Record]):
             key = event.kv.key
             if key == log._head_key:
                 if event.type == "DELETE":
-                    log.identity.check(log.url, "", batch.revision, _Head(0, "", 0))
+                    log.identity.check_event(log.url, None)
                 else:
-                    log.identity.check(log.url, "", batch.revision, _Head.decode(event.kv, log.url))
+                    log.identity.check_event(log.url, _Head.decode(event.kv, log.url))
             elif key.startswith(log._batches) and event.type == "PUT":
                 try:
                     records = await log._decode_batch(event.kv, event.kv.mod_revision)
@@ -766,8 +789,10 @@ class _EtcdWatch(AsyncIterator[Record]):
 
     async def _catch_up(self) -> None:
         log = self._log
+        before = log.identity.copy()
         records, view = await log._collect(self._cursor, None)
-        log.identity.check(log.url, view.cluster_id, view.revision, view.head)
+        before.check(log.url, view.cluster_id, view.revision, view.head)
+        log.identity.merge(before)
         self._revision = max(view.revision, self._revision)
         records.reverse()
         self._buffer = records
