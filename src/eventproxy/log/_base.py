@@ -218,6 +218,9 @@ class LocalRouteLog(RouteLog):
         self._closed = False
         self._lock: anyio.Lock | None = None
         self._changed: anyio.Event | None = None
+        # A batch whose append was interrupted (cancelled) while it was being persisted: it
+        # may or may not be stored. The next writer settles it before choosing new seqs.
+        self._in_doubt: list[Record] | None = None
 
     # -- state helpers ---------------------------------------------------------------------
 
@@ -278,6 +281,22 @@ class LocalRouteLog(RouteLog):
     async def _refresh(self) -> None:
         """Pick up changes made by another process (read-only file logs)."""
 
+    async def _landed(self, records: list[Record]) -> bool:
+        """Whether a batch whose :meth:`_persist_batch` was interrupted is stored after all.
+
+        Called with the writer lock held; waits for storage still in progress. Backends whose
+        persisting cannot be interrupted half-way (memory) keep this default.
+        """
+        return False
+
+    async def _settle_in_doubt(self) -> None:
+        """Install an interrupted batch that was stored after all, so its seqs are never reused."""
+        records, self._in_doubt = self._in_doubt, None
+        if records is not None and await self._landed(records):
+            self._records.extend(records)
+            self._seqs.extend(r.seq for r in records)
+            self._notify()
+
     async def _wait_for_change(self, head: int) -> None:
         if self._changed is None:
             self._changed = anyio.Event()
@@ -301,6 +320,7 @@ class LocalRouteLog(RouteLog):
             return []
         async with self._writer_lock():
             self._check_open()
+            await self._settle_in_doubt()
             await self._refresh()
             head = self._head
             if expected_head is not None and expected_head != head:
@@ -312,7 +332,12 @@ class LocalRouteLog(RouteLog):
                 Record(seq=head + 1 + i, ts=ts, actor=actor, event=event)
                 for i, event in enumerate(events)
             ]
+            # Until installed, the batch is in doubt: a caller cancelled while it is persisted
+            # (asyncio's own cancellation is not held off by anyio's shields) leaves it to the
+            # next writer, which asks the backend whether it landed.
+            self._in_doubt = records
             await self._persist_batch(records)
+            self._in_doubt = None
             self._records.extend(records)
             self._seqs.extend(r.seq for r in records)
         self._notify()

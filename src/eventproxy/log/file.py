@@ -38,6 +38,7 @@ import errno
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ class FileRouteLog(LocalRouteLog):
         self.path = path
         self.readonly = readonly
         self._fsync = fsync
+        self._write: tuple[threading.Event, list[bool]] | None = None  # the last batch's write
         self.poll_interval = poll_interval
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -302,9 +304,34 @@ class FileRouteLog(LocalRouteLog):
         return self._fd
 
     async def _persist_batch(self, records: list[Record]) -> None:
+        self._write = None  # a batch refused before its write never landed
         fd = self._check_writable()
         frame = encode_frame(encode_or_refuse(lambda: _batch_payload(records), records))
-        await anyio.to_thread.run_sync(self._append_sync, fd, frame)
+        done = threading.Event()
+        outcome: list[bool] = []
+        self._write = (done, outcome)
+
+        def write() -> None:
+            try:
+                self._append_sync(fd, frame)
+                outcome.append(True)
+            finally:
+                done.set()
+
+        await anyio.to_thread.run_sync(write)
+
+    async def _wait_for_write(self) -> bool:
+        """Wait for the last batch's write thread (it outlives a cancelled caller); its outcome."""
+        if self._write is None:
+            return False
+        done, outcome = self._write
+        if not done.is_set():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(done.wait)
+        return bool(outcome)
+
+    async def _landed(self, records: list[Record]) -> bool:
+        return await self._wait_for_write()
 
     def _append_sync(self, fd: int, frame: bytes) -> None:
         before = self._size
@@ -386,4 +413,5 @@ class FileRouteLog(LocalRouteLog):
         # close must still release the writer lock.
         with anyio.CancelScope(shield=True):
             async with self._writer_lock():
+                await self._wait_for_write()
                 await anyio.to_thread.run_sync(self._release_sync)
