@@ -123,8 +123,10 @@ def test_node_refuses_a_missing_log(tmp_path: Path) -> None:
         ],
         log_path=tmp_path / "node.log",
     )
-    code = child.proc.wait(30)
-    child.stop()
+    try:
+        code = child.proc.wait(30)
+    finally:
+        child.stop()  # also when it did not exit in time: never leave a node running
     assert code == 1
     assert "does not exist" in child.output()
     assert "Traceback" not in child.output()
