@@ -183,7 +183,7 @@ class FileRouteLog(LocalRouteLog):
             )
         result = scan(data, len(FILE_MAGIC))
         with paused_gc():
-            snapshot, records = self._decode_frames(result.frames, None, [])
+            snapshot, records = self._decode_frames(result.frames, None)
         if result.torn_bytes:
             if recover:
                 log.warning(
@@ -207,10 +207,16 @@ class FileRouteLog(LocalRouteLog):
         self._inode = stat.st_ino
 
     def _decode_frames(
-        self, frames: Iterable[Any], snapshot: Snapshot | None, records: list[Record]
+        self, frames: Iterable[Any], snapshot: Snapshot | None, head: int = 0
     ) -> tuple[Snapshot | None, list[Record]]:
-        head = records[-1].seq if records else (snapshot.seq if snapshot else 0)
-        first = not records and snapshot is None
+        """Decode ``frames`` that follow ``snapshot`` and the records up to ``head``.
+
+        Returns the (possibly new) snapshot and the new records only, so that a caller installs
+        them all or nothing.
+        """
+        records: list[Record] = []
+        first = head == 0 and snapshot is None
+        head = head or (snapshot.seq if snapshot else 0)
         for frame in frames:
             where = f"{self.path} at byte offset {frame.offset}"
             try:
@@ -278,8 +284,13 @@ class FileRouteLog(LocalRouteLog):
             data = f.read()
         result = scan(data, 0)
         frames = [type(fr)(fr.offset + self._size, fr.payload) for fr in result.frames]
-        snapshot, records = self._decode_frames(frames, self._snapshot, list(self._records))
-        self._install(snapshot, records)
+        snapshot, tail = self._decode_frames(frames, self._snapshot, self._head)
+        if snapshot is not self._snapshot:
+            self._install(snapshot, [*self._records, *tail])
+        else:  # the usual case: new records after the ones we have (no copy of those);
+            # seqs first, so a reader on the loop never finds a record its bisect can't place
+            self._seqs.extend(r.seq for r in tail)
+            self._records.extend(tail)
         self._size += result.valid_end
 
     async def _wait_for_change(self, head: int) -> None:
