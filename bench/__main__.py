@@ -32,13 +32,20 @@ def main(argv: list[str] | None = None) -> int:
         "names", nargs="*", help=f"benchmarks to run (default: all of {available()})"
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS,
+        help="where the JSON, plots and stacks go (default: bench/results)",
+    )
     args = parser.parse_args(argv)
     names = args.names or available()
     unknown = sorted(set(names) - set(available()))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; available: {available()}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    ctx = BenchContext(results_dir=RESULTS, quick=args.quick)
+    results_dir: Path = args.results_dir.resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    ctx = BenchContext(results_dir=results_dir, quick=args.quick)
     failed = []
     for name in names:
         module = importlib.import_module(f"bench.bench_{name}")
@@ -62,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "results": result,
         }
-        out = RESULTS / f"{name}.json"
+        out = results_dir / f"{name}.json"
         out.write_text(json.dumps(envelope, indent=2, sort_keys=True) + "\n")
         print(json.dumps(result, indent=2, sort_keys=True))
-        print(f"-> {out.relative_to(HERE.parent)}", flush=True)
+        print(f"-> {out}", flush=True)
     return 1 if failed else 0
 
 

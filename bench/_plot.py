@@ -1,76 +1,97 @@
-"""The dataplane benchmark's figure: throughput, HTTP latency and WebSocket round trips."""
+"""The benchmarks' figures: the data-plane matrix, and the soak's RSS / fds / sockets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+ORDER = ["direct", "chp", "traefik"]
+
+
+def target_order(names: list[str]) -> list[str]:
+    """direct, chp, traefik, then the eventproxy targets (nodes, then in-process) by name."""
+    rest = sorted(n for n in names if n not in ORDER)
+    return [n for n in ORDER if n in names] + rest
+
 
 def plot_dataplane(results: dict[str, Any], out: Path) -> Path:
-    """Three panels (req/s; p50/p99 ms; WebSocket RTT p50/p99 µs), one bar group per target."""
+    """The matrix: req/s relative to CHP per cell and target (bars: ratio of medians, dots: the
+    per-round ratios), p99 latency per cell, and WebSocket round trips per target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fixed = ["direct", "chp", "traefik"]  # then the data-plane variants
-    names = [n for n in fixed if n in results["targets"]]
-    names += sorted(n for n in results["targets"] if n not in fixed)
-    proxies = [n for n in names if n != "direct"]  # direct is ~10x faster: quoted, not drawn
-    http = results["http"]
-    ws = results["websocket"]
-    fig, (ax_rps, ax_lat, ax_ws) = plt.subplots(1, 3, figsize=(15, 4.8))
-
-    def unavailable(ax: Any, i: int, label: str) -> None:
-        ax.text(i, 0, label, ha="center", va="bottom", rotation=90, fontsize=9, color="grey")
-
-    for i, name in enumerate(proxies):
-        h = http.get(name)
-        if h is None:
-            unavailable(ax_rps, i, results["targets"][name].get("status", "n/a"))
-            continue
-        ax_rps.bar(i, h["rps"], color="C0")
-        ax_rps.scatter([i] * len(h["rounds_rps"]), h["rounds_rps"], color="k", s=10, zorder=3)
-        ax_rps.text(i, h["rps"], f"{h['rps']:.0f}", ha="center", va="bottom", fontsize=8)
-    for i, name in enumerate(names):
-        h = http.get(name)
-        if h is None:
-            unavailable(ax_lat, i, results["targets"][name].get("status", "n/a"))
-            continue
-        ax_lat.bar(i - 0.2, h["p50_ms"], width=0.4, color="C1", label="p50" if i == 0 else None)
-        ax_lat.bar(i + 0.2, h["p99_ms"], width=0.4, color="C3", label="p99" if i == 0 else None)
-    for i, name in enumerate(names):
-        w = ws.get(name)
-        if w is None or "p50_us" not in w:
-            unavailable(ax_ws, i, "n/a")
-            continue
-        ax_ws.bar(i - 0.2, w["p50_us"], width=0.4, color="C1", label="p50" if i == 0 else None)
-        ax_ws.bar(i + 0.2, w["p99_us"], width=0.4, color="C3", label="p99" if i == 0 else None)
-
-    params = results["parameters"]
-    direct = http.get("direct", {}).get("rps")
-    headroom = f"; direct: {direct:.0f}" if direct else ""
-    ax_rps.set_title(
-        f"HTTP GET req/s (wrk -c{params['connections']} -t{params['threads']}, "
-        f"{params['routes']} routes{headroom})",
+    matrix = results["matrix"]
+    cells = list(matrix)
+    names = target_order(sorted({n for c in matrix.values() for n in c["http"]}))
+    subjects = [n for n in names if n not in ("direct", "chp")]
+    fig = plt.figure(figsize=(17, 9.5))
+    grid = fig.add_gridspec(2, 3)
+    ax_ratio = fig.add_subplot(grid[0, :])
+    ax_p99 = fig.add_subplot(grid[1, :2])
+    ax_ws = fig.add_subplot(grid[1, 2])
+    width = 0.8 / max(1, len(subjects))
+    for j, name in enumerate(subjects):
+        xs, ys, dots_x, dots_y = [], [], [], []
+        for i, key in enumerate(cells):
+            r = matrix[key]["ratios"].get(f"{name}/chp")
+            if r is None or r["rps"] is None:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            xs.append(x)
+            ys.append(r["rps"])
+            dots_x += [x] * len(r["rps_per_round"])
+            dots_y += r["rps_per_round"]
+        ax_ratio.bar(xs, ys, width=width, color=f"C{j}", label=name)
+        ax_ratio.scatter(dots_x, dots_y, color="k", s=6, zorder=3)
+    for level, style in ((1.0, "-"), (1.5, ":"), (2.0, "--")):
+        ax_ratio.axhline(level, color="grey", linewidth=0.8, linestyle=style)
+    ax_ratio.set_xticks(range(len(cells)), cells)
+    ax_ratio.set_ylabel("req/s relative to CHP (1.0 = CHP)")
+    ax_ratio.set_title(
+        "req/s / configurable-http-proxy's, per cell (backend / wrk threads / paths); bars: ratio "
+        "of medians, dots: per round; lines at 1.0, 1.5 (in-process target), 2.0 (node target)",
         fontsize=10,
     )
-    ax_lat.set_title("HTTP latency (ms)")
-    ax_ws.set_title(f"WebSocket echo round trip (µs, n={params['ws_round_trips']})")
-    ax_rps.set_xticks(range(len(proxies)), proxies, rotation=15)
-    for ax in (ax_lat, ax_ws):
-        ax.set_xticks(range(len(names)), names, rotation=15)
-    for ax in (ax_rps, ax_lat, ax_ws):
-        ax.grid(axis="y", alpha=0.3)
-    ax_lat.legend()
-    ax_ws.legend()
+    ax_ratio.legend(fontsize=8, ncol=len(subjects))
+    ax_ratio.grid(axis="y", alpha=0.3)
+    proxies = [n for n in names if n != "direct"]
+    width = 0.8 / max(1, len(proxies))
+    for j, name in enumerate(proxies):
+        xs, ys = [], []
+        for i, key in enumerate(cells):
+            h = matrix[key]["http"].get(name)
+            if h is not None:
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(h["p99_ms"])
+        color = "grey" if name == "chp" else f"C{subjects.index(name)}"
+        ax_p99.bar(xs, ys, width=width, color=color, label=name)
+    ax_p99.set_xticks(range(len(cells)), cells, fontsize=8)
+    ax_p99.set_ylabel("ms")
+    ax_p99.set_title("HTTP p99 latency under load (median over rounds; grey: CHP)", fontsize=10)
+    ax_p99.legend(fontsize=7, ncol=3)
+    ax_p99.grid(axis="y", alpha=0.3)
+    ws = results.get("websocket", {})
+    ws_names = [n for n in names if "p50_us" in ws.get(n, {})]
+    for i, name in enumerate(ws_names):
+        w = ws[name]
+        ax_ws.bar(i - 0.2, w["p50_us"], width=0.4, color="C1", label="p50" if i == 0 else None)
+        ax_ws.bar(i + 0.2, w["p99_us"], width=0.4, color="C3", label="p99" if i == 0 else None)
+    ax_ws.set_xticks(range(len(ws_names)), ws_names, rotation=30, fontsize=8)
+    ax_ws.set_title("WebSocket echo round trip (µs; bench backend)", fontsize=10)
+    ax_ws.legend(fontsize=8)
+    ax_ws.grid(axis="y", alpha=0.3)
+    p = results["parameters"]
     fig.suptitle(
-        "eventproxy data plane vs configurable-http-proxy vs traefik (loopback, one run; "
-        f"1-min load avg {params.get('loadavg_1m_before')} before, "
-        f"{params.get('loadavg_1m_after')} after)"
+        f"eventproxy data plane vs configurable-http-proxy vs traefik: {p['routes']} routes, "
+        f"wrk -c{p['connections']}, {p['rounds']} rounds x {p['duration']:g} s per cell and "
+        f"target; load avg {p.get('loadavg_before')} before, {p.get('loadavg_after')} after "
+        f"(commit {p.get('git_head')})",
+        fontsize=11,
     )
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 

@@ -4,59 +4,146 @@ from __future__ import annotations
 
 from typing import Any
 
-ORDER = ["direct", "chp", "traefik"]
-
-
-def _names(results: dict[str, Any]) -> list[str]:
-    names = [n for n in ORDER if n in results["targets"]]
-    return names + sorted(n for n in results["targets"] if n not in ORDER)
+from bench._plot import target_order
 
 
 def _num(value: Any, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, int | float) else "n/a"
 
 
+def _names(matrix: dict[str, Any]) -> list[str]:
+    return target_order(sorted({n for c in matrix.values() for n in c["http"]}))
+
+
+def _table(
+    matrix: dict[str, Any], rows: list[str], cell: Any, title: str, row_label: str = "target"
+) -> list[str]:
+    cells = list(matrix)
+    lines = [
+        f"**{title}**",
+        "",
+        f"| {row_label} | " + " | ".join(cells) + " |",
+        "|---|" + "---:|" * len(cells),
+    ]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(cell(matrix[k], row) for k in cells) + " |")
+    return [*lines, ""]
+
+
+def _status(c: dict[str, Any], name: str) -> str | None:
+    if name in c["errors"]:
+        return "error"
+    return None
+
+
 def markdown_summary(results: dict[str, Any]) -> str:
     p = results["parameters"]
+    matrix = results["matrix"]
+    names = _names(matrix)
+    subjects = [n for n in names if n not in ("direct", "chp")]
     lines = [
-        f"{p['routes']} routes; wrk -t{p['threads']} -c{p['connections']}, {p['rounds']} rounds "
-        f"x {p['duration_s']:g} s per target; WebSocket: {p['ws_round_trips']} round trips; "
-        f"1-min load average {p.get('loadavg_1m_before')} before, "
-        f"{p.get('loadavg_1m_after')} after.",
+        f"{p['routes']} routes; wrk -c{p['connections']}; {p['rounds']} rounds x "
+        f"{p['duration']:g} s per cell and target (targets alternating, order rotated per "
+        f"round); commit {p.get('git_head')}; load average {p.get('loadavg_before')} before, "
+        f"{p.get('loadavg_after')} after. Cells: backend / wrk threads / paths (one = "
+        "one user's path, all = round-robin over every user prefix).",
         "",
-        "| target | status | req/s (median) | req/s per round | p50 ms | p99 ms "
-        "| WS p50 µs | WS p99 µs |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
-    for name in _names(results):
-        t = results["targets"][name]
-        h = results["http"].get(name, {})
-        w = results["websocket"].get(name, {})
-        rounds = ", ".join(f"{r:.0f}" for r in h.get("rounds_rps", []))
-        status = t["status"] if t["status"] == "ok" else f"{t['status']}: {t.get('reason', '')}"
-        lines.append(
-            f"| {name} | {status[:120]} | {_num(h.get('rps'), '.0f')} | {rounds} "
-            f"| {_num(h.get('p50_ms'), '.2f')} | {_num(h.get('p99_ms'), '.2f')} "
-            f"| {_num(w.get('p50_us'), '.0f')} | {_num(w.get('p99_us'), '.0f')} |"
-        )
-    if results["ratios"]:
+
+    def rps(c: dict[str, Any], name: str) -> str:
+        h = c["http"].get(name)
+        return _num(h["rps"], ".0f") if h else (_status(c, name) or "n/a")
+
+    def vs(ref: str) -> Any:
+        def cell(c: dict[str, Any], name: str) -> str:
+            r = c["ratios"].get(f"{name}/{ref}")
+            if r is None:
+                return _status(c, name) or "n/a"
+            return f"{_num(r['rps'], '.2f')} ({_num(r['rps_median_of_round_ratios'], '.2f')})"
+
+        return cell
+
+    def p99(c: dict[str, Any], name: str) -> str:
+        h = c["http"].get(name)
+        return _num(h["p99_ms"], ".1f") if h else (_status(c, name) or "n/a")
+
+    lines += _table(matrix, names, rps, "req/s (median over rounds)")
+    lines += _table(
+        matrix,
+        subjects,
+        vs("chp"),
+        "req/s relative to CHP: ratio of medians (median of per-round ratios)",
+    )
+    lines += _table(
+        matrix,
+        [n for n in subjects if n != "traefik"],
+        vs("traefik"),
+        "req/s relative to traefik: ratio of medians (median of per-round ratios)",
+    )
+    lines += _table(matrix, [n for n in names if n != "direct"], p99, "p99 latency, ms")
+    errors = [(k, n, e) for k, c in matrix.items() for n, e in c["errors"].items()]
+    if errors:
+        lines += ["**errors**", ""] + [f"- {k} {n}: {e[:300]}" for k, n, e in errors] + [""]
+    ws = results.get("websocket", {})
+    if ws:
         lines += [
+            "**WebSocket echo round trips (bench backend, idle proxies)**",
             "",
-            "| ratio | req/s (ratio of medians) | req/s (median of per-round ratios) "
-            "| per round | p50 latency | p99 latency |",
-            "|---|---:|---:|---|---:|---:|",
+            "| target | p50 µs | p90 µs | p99 µs | n |",
+            "|---|---:|---:|---:|---:|",
         ]
-        for key, r in sorted(results["ratios"].items()):
-            if key.endswith("/direct"):
+        for name in target_order(list(ws)):
+            w = ws[name]
+            if "p50_us" not in w:
+                lines.append(f"| {name} | {w.get('status')}: {w.get('reason', '')[:100]} | | | |")
                 continue
-            per_round = ", ".join(f"{x:.2f}" for x in r["rps_per_round"])
-            cells = [
-                key,
-                _num(r["rps"], ".2f"),
-                _num(r["rps_median_of_round_ratios"], ".2f"),
-                per_round,
-                _num(r["p50_latency"], ".2f"),
-                _num(r["p99_latency"], ".2f"),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {name} | {w['p50_us']:.0f} | {w['p90_us']:.0f} | {w['p99_us']:.0f} "
+                f"| {w['count']} |"
+            )
+        lines.append("")
+    lines += _verdict_lines(results.get("verdicts", {}))
+    lines += _profile_lines(results.get("profile", {}))
     return "\n".join(lines) + "\n"
+
+
+def _verdict_lines(verdicts: dict[str, Any]) -> list[str]:
+    if not verdicts:
+        return []
+    lines = ["**The issue's targets (judged on the worst cell)**", ""]
+    for key, v in verdicts.items():
+        if key == "gap to traefik":
+            gaps = ", ".join(f"{k}: {g['min']:.2f}-{g['max']:.2f}" for k, g in sorted(v.items()))
+            lines.append(f"- gap to traefik (req/s ratio range over cells): {gaps}")
+            continue
+        met = "MET" if v.get("met") else "NOT MET"
+        detail = v.get("reason", "")
+        if "worst_rps_ratio" in v:
+            detail = f"worst cell {v['worst_rps_ratio']:.2f}x, best {v['best_rps_ratio']:.2f}x" + (
+                f", worst p99 ratio {v['worst_p99_ratio']:.2f}" if v["worst_p99_ratio"] else ""
+            )
+        elif "p50_ratio" in v:
+            detail = f"p50 {v['p50_us']:.0f} µs vs CHP {v['chp_p50_us']:.0f} µs"
+        elif "growth_100_to_10000" in v:
+            detail = f"10,000 / 100 routes: {v['growth_100_to_10000']:.2f}x ({v['ns_per_lookup']})"
+        lines.append(f"- {key}: **{met}** ({detail})")
+    return [*lines, ""]
+
+
+def _profile_lines(profiles: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for name, prof in profiles.items():
+        if prof.get("status") != "ok":
+            lines.append(f"- profile {name}: {prof.get('status')}: {prof.get('reason', '')[:200]}")
+            continue
+        top = ", ".join(f"{k} {v}%" for k, v in list(prof["top_self_pct"].items())[:8])
+        cats = ", ".join(f"{k} {v}%" for k, v in prof["inclusive_by_category_pct"].items())
+        lines += [
+            f"**profile {name}** ({prof['samples']} busy samples, "
+            f"{prof['load_while_profiled']['rps']:.0f} req/s while sampled)",
+            "",
+            f"- top self: {top}",
+            f"- by category (inclusive, overlapping): {cats}",
+            "",
+        ]
+    return lines

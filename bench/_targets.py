@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,9 @@ from typing import Any
 
 import tomli_w
 
+from bench._backend import BODY as BENCH_BODY
+from bench._nginx import BODY as NGINX_BODY
+from bench._nginx import NGINX_HINT, Nginx, nginx_binary
 from bench._support import LOOPBACK, ROOT, ChildProcess, free_port, port_accepts, wait_until
 from support import traefik as traefik_launcher  # tests/support/traefik.py, shared with tests
 from support.chp import CHP
@@ -117,7 +122,33 @@ def start_backend(stack: ExitStack, workdir: Path) -> Target:
     wait_until(
         lambda: port_accepts(port), timeout=20, what="bench backend", alive=child.check_alive
     )
-    return Target("direct", OK, port=port, pid=child.pid, info={"server": "bench._backend"})
+    return Target(
+        "direct",
+        OK,
+        port=port,
+        pid=child.pid,
+        info={"server": "bench._backend (asyncio Protocol)", "body_bytes": len(BENCH_BODY)},
+    )
+
+
+def start_nginx_backend(stack: ExitStack, workdir: Path) -> Target:
+    """nginx (Debian ``nginx-light``) answering 100 bytes; ``unavailable`` if not installed."""
+    binary = nginx_binary()
+    if binary is None:
+        return Target("direct", UNAVAILABLE, reason=f"nginx not found; to install: {NGINX_HINT}")
+
+    def start() -> Target:
+        server = Nginx(stack, workdir / "nginx", binary)
+        version = _version([binary, "-v"])
+        return Target(
+            "direct",
+            OK,
+            port=server.port,
+            pid=server.pid,
+            info={"server": "nginx", "version": version, "body_bytes": len(NGINX_BODY)},
+        )
+
+    return _guard("direct", start)
 
 
 # -- configurable-http-proxy --------------------------------------------------------------------
@@ -178,15 +209,40 @@ def start_traefik(
 
 
 # -- eventproxy data plane ----------------------------------------------------------------------
+# ``eventproxy dataplane`` (the console script is ``eventproxy.cli:main``), run by this python.
+NODE_COMMAND = [sys.executable, "-m", "eventproxy.cli", "dataplane"]
+_PARSER_CHOICES = re.compile(r"--parser\s+\{([^}]*)\}")
+
+
 def dataplane_cli_missing() -> str | None:
-    """Why ``python -m eventproxy_dataplane`` cannot run here, or None if it can."""
+    """Why ``eventproxy dataplane`` cannot run here, or None if it can."""
     try:
-        spec = importlib.util.find_spec("eventproxy_dataplane.__main__")
+        spec = importlib.util.find_spec("eventproxy.cli")
     except Exception as exc:  # ImportError, or a SyntaxError in a half-written module
-        return f"eventproxy_dataplane is not importable: {type(exc).__name__}: {exc}"
+        return f"eventproxy is not importable: {type(exc).__name__}: {exc}"
     if spec is None:
-        return "eventproxy_dataplane has no __main__ (its CLI is not written yet)"
+        return "eventproxy has no cli module"
     return None
+
+
+def parsers_in_help(help_text: str) -> list[str]:
+    """The HTTP parsers ``--parser {a,b,...}`` offers in a ``--help`` text ([] if no option);
+    "auto" is left out (it picks one of the others)."""
+    m = _PARSER_CHOICES.search(help_text)
+    if m is None:
+        return []
+    return [c.strip() for c in m.group(1).split(",") if c.strip() and c.strip() != "auto"]
+
+
+def node_parsers() -> list[str]:
+    """The parsers ``eventproxy dataplane --parser`` accepts at this commit ([] before the option
+    exists: then the node runs its only parser, h11)."""
+    done = subprocess.run(
+        [*NODE_COMMAND, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"eventproxy dataplane --help exited {done.returncode}: {done.stderr}")
+    return parsers_in_help(done.stdout)
 
 
 def start_dataplane(
@@ -208,9 +264,7 @@ def start_dataplane(
         config.write_text(tomli_w.dumps(traefik_dynamic(routespecs, backend_url)))
         port = free_port()
         argv = [
-            sys.executable,
-            "-m",
-            "eventproxy_dataplane",
+            *NODE_COMMAND,
             "--config",
             str(config),
             "--listen",
@@ -232,6 +286,67 @@ def start_dataplane(
         )
 
     return _guard(name, start)
+
+
+# -- EventProxy's in-process plane on stock asyncio ---------------------------------------------
+INPROCESS_READY = "INPROCESS_READY "
+
+
+def start_inprocess(
+    stack: ExitStack,
+    workdir: Path,
+    routespecs: Sequence[str],
+    backend_url: str,
+    *,
+    name: str = "inprocess",
+    parser: str = "",
+) -> Target:
+    """``bench._inprocess_hub``: EventProxy's in-process plane in its own process, stock asyncio.
+
+    The routes are ``/user/user0000/`` ... as :func:`user_routespecs` makes them (the hub adds
+    them through ``add_route``); ``routespecs`` only gives their number and the readiness path.
+    """
+
+    def start() -> Target:
+        missing = dataplane_cli_missing()
+        if missing:
+            return Target(name, UNAVAILABLE, reason=missing)
+        if list(routespecs) != user_routespecs(len(routespecs)):
+            raise ValueError("the in-process hub adds user_routespecs(n) routes only")
+        home = workdir / name
+        home.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        argv = [
+            sys.executable, "-m", "bench._inprocess_hub", "--port", str(port),
+            "--backend", backend_url, "--routes", str(len(routespecs)),
+            "--log-url", f"file://{home / 'routes.log'}", "--parser", parser,
+        ]  # fmt: skip
+        child = ChildProcess(argv, log_path=home / "hub.log", cwd=ROOT)
+        stack.callback(child.stop)
+        try:
+            _wait_routing(port, routespecs[-1], "the in-process hub", child.check_alive, 120)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; output:\n{child.output()[-2000:]}") from exc
+        ready = _ready_line(child.output())
+        if not str(ready.get("loop", "")).startswith("asyncio."):
+            raise RuntimeError(f"the in-process hub did not run stock asyncio: {ready}")
+        if parser and ready.get("parser") != parser:
+            return Target(
+                name,
+                UNAVAILABLE,
+                reason=f"EventProxy cannot select parser {parser!r} at this commit: {ready}",
+            )
+        return Target(name, OK, port=port, pid=child.pid, info=ready)
+
+    return _guard(name, start)
+
+
+def _ready_line(output: str) -> dict[str, Any]:
+    for line in output.splitlines():
+        if line.startswith(INPROCESS_READY):
+            parsed: dict[str, Any] = json.loads(line.removeprefix(INPROCESS_READY))
+            return parsed
+    raise RuntimeError(f"no {INPROCESS_READY.strip()} line in the hub's output:\n{output[-2000:]}")
 
 
 def _version(argv: list[str]) -> str:

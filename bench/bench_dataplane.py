@@ -1,19 +1,25 @@
-"""Data-plane benchmark: direct vs configurable-http-proxy vs traefik vs eventproxy_dataplane.
+"""Data-plane benchmark: eventproxy's data plane against configurable-http-proxy and traefik.
 
-One run measures every target on this machine, under the same load, so that only the *ratios*
-mean anything (absolute numbers depend on the machine):
+One run measures a *matrix* on this machine, so that a reader can see whether a ratio depends
+on the harness (absolute numbers are this machine's; only ratios within one cell mean anything):
 
-* a loopback backend (``bench._backend``) answering a small fixed response; "direct" is wrk
-  straight at it, to show the headroom above the proxies;
-* each proxy with the same 1,000 user routes (``/user/user0000/`` ... ``/user/user0999/``), all
-  to that backend; wrk spreads GETs round-robin over the 1,000 prefixes;
-* HTTP: ``wrk -t2 -c50`` for ``duration`` seconds per target, ``rounds`` rounds interleaved
-  (direct, chp, traefik, dataplane, direct, ...) after a warm-up; reported: the median over
-  rounds of req/s, p50 and p99 latency, and the per-round values;
-* WebSocket: ``ws_round_trips`` echo round trips through each proxy, in 4 interleaved chunks
-  (a new connection each, 50 warm-up round trips), pooled;
-* a py-spy profile of the data plane during an extra, separate load run (sampling slows the
-  target, so that run's req/s is reported apart and not used in the ratios).
+* two backends: a real nginx (Debian ``nginx-light``, ``bench._nginx``: ``return 200`` of a fixed
+  100-byte body) and the bench's own asyncio backend (``bench._backend``, 29 bytes; it also
+  echoes WebSockets);
+* two load shapes of ``wrk -c50``: ``-t1`` and ``-t2``;
+* two path sets: one user's path (``/user/user0500/api/status``) and round-robin over all 1,000
+  user prefixes;
+* the targets, each holding the same 1,000 user routes to that backend: "direct" (wrk at the
+  backend: the headroom), configurable-http-proxy, traefik, the standalone node ``eventproxy
+  dataplane --config`` (uvloop; one target per HTTP parser the node offers), and EventProxy's
+  in-process plane on a stock asyncio loop (``bench._inprocess_hub``).
+
+Every cell (backend x threads x paths) runs ``rounds`` rounds; in each round the targets run one
+after another (their order rotated per round), so compared numbers are adjacent in time. Then:
+WebSocket echo round trips through each target (bench backend), a py-spy profile of each
+eventproxy target during an extra load run (nginx, ``-t1``, one user's path: the issue's shape),
+and the routing-table lookup cost at 100 / 1,000 / 10,000 routes (``bench_routing``). The
+verdicts against the issue's targets are computed from the worst cell, never the best.
 
 A proxy that is not installed or not written yet is reported as ``unavailable`` (with the
 reason) rather than failing the benchmark; a missing ``wrk`` is an error with an install hint.
@@ -22,238 +28,394 @@ reason) rather than failing the benchmark; a missing ``wrk`` is an error with an
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import bench_routing
 from bench._load import LoadError, LoadResult, run_wrk
-from bench._plot import plot_dataplane
+from bench._matrix import (
+    BACKENDS,
+    INPROCESS_MIN_RATIO,
+    PATHS,
+    STANDALONE_MIN_RATIO,
+    THREADS,
+    Shape,
+    cell_ratios,
+    cell_summary,
+    lookup_verdict,
+    rotated,
+    shapes,
+    throughput_verdict,
+    websocket_verdict,
+)
 from bench._profile import start_recording, summarize_file
-from bench._report import markdown_summary
 from bench._support import ToolMissing, require
 from bench._targets import (
     ERROR,
     OK,
+    UNAVAILABLE,
     Target,
+    node_parsers,
     start_backend,
     start_chp,
     start_dataplane,
+    start_inprocess,
+    start_nginx_backend,
     start_traefik,
     user_routespecs,
 )
 from bench._ws import WebSocketError, round_trip_samples, summarize_round_trips
 
-ROUTES = 1000
-CONNECTIONS = 50
-THREADS = 2
-PATTERN = "/user/user%04d/api/status"
-WS_PATH = "/user/user0500/api/kernels/ws"
-# (name, extra CLI arguments) for each data-plane variant measured. "dataplane" is the default
-# (asyncio, on uvloop when installed -- the `fast` extra -- with the asyncio-Protocol I/O edge);
-# "-anyio" is the reference anyio-streams edge on the same loop; "-trio" that edge on trio.
+KINDS = ("direct", "chp", "traefik", "node", "inprocess")
 QUIET = ["--log-level", "WARNING"]
-DATAPLANE_VARIANTS: list[tuple[str, list[str]]] = [
-    ("dataplane", ["--loop", "asyncio", "--io-edge", "auto", *QUIET]),
-    ("dataplane-anyio", ["--loop", "asyncio", "--io-edge", "anyio", *QUIET]),
-    ("dataplane-trio", ["--loop", "trio", *QUIET]),
-]
-MAX_ERROR_FRACTION = 0.001
+WS_PATH = "/user/user0500/api/kernels/ws"
 WS_CHUNKS = 4
+MAX_ERROR_FRACTION = 0.001
+PROFILE_SHAPE = ("nginx", 1, "one")  # the issue's own shape; bench backend if no nginx
 
 
-def _median(values: list[float]) -> float:
-    return round(statistics.median(values), 4)
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures. :meth:`full` is ``nox -s bench``; :meth:`quick` is ``--quick``."""
+
+    routes: int = 1000
+    rounds: int = 3
+    duration: float = 4.0
+    warmup: float = 2.0
+    connections: int = 50
+    backends: tuple[str, ...] = BACKENDS
+    threads: tuple[int, ...] = THREADS
+    paths: tuple[str, ...] = PATHS
+    kinds: tuple[str, ...] = KINDS
+    ws_round_trips: int = 2000
+    profile_duration: float = 10.0  # 0: no profile
+    lookup: str = "full"  # "full" (100 / 1,000 / 10,000 routes), "quick" (100 / 1,000), ""
+    plot: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls()
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(rounds=1, duration=1.0, warmup=1.0, ws_round_trips=200, profile_duration=2.0)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown target kinds {sorted(unknown)}; known: {KINDS}")
+        if self.rounds < 1 or self.duration < 1 or self.routes < 1:
+            raise ValueError("rounds, duration (s) and routes must all be >= 1")
+        if self.lookup not in ("full", "quick", ""):
+            raise ValueError(f"lookup must be 'full', 'quick' or '', got {self.lookup!r}")
 
 
-def _load(target: Target, duration: float) -> LoadResult:
+@dataclass(frozen=True)
+class Variant:
+    """One eventproxy target: a standalone node or an in-process hub, with its parser."""
+
+    name: str
+    kind: str  # "node" | "inprocess"
+    parser: str  # "" = the default (the only one before --parser exists)
+
+
+def eventproxy_variants(kinds: Sequence[str]) -> tuple[list[Variant], dict[str, Any]]:
+    """The node and in-process targets this commit can run, and what was detected."""
+    detected: dict[str, Any] = {}
+    try:
+        parsers = node_parsers()
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        parsers = []
+        detected["node_parsers_error"] = f"{type(exc).__name__}: {exc}"[:500]
+    detected["node_parsers"] = parsers or ["h11 (no --parser option at this commit)"]
+    detected["eventproxy_parser_trait"] = _eventproxy_has_parser_trait()
+    out: list[Variant] = []
+    if "node" in kinds:
+        out += [Variant(f"node-{p}", "node", p) for p in parsers] or [
+            Variant("node-h11", "node", "")
+        ]
+    if "inprocess" in kinds:
+        if parsers and detected["eventproxy_parser_trait"]:
+            out += [Variant(f"inprocess-{p}", "inprocess", p) for p in parsers]
+        else:
+            out.append(Variant("inprocess", "inprocess", ""))
+    return out, detected
+
+
+def _eventproxy_has_parser_trait() -> bool:
+    try:
+        from eventproxy import EventProxy
+    except Exception:  # reported as unavailable by the target itself
+        return False
+    return "parser" in EventProxy.class_trait_names()
+
+
+# -- starting everything ----------------------------------------------------------------------
+def start_targets(
+    stack: ExitStack, work: Path, plan: Plan, variants: Sequence[Variant]
+) -> dict[str, dict[str, Target]]:
+    """backend -> target name -> Target, every proxy with ``plan.routes`` routes to it."""
+    routespecs = user_routespecs(plan.routes)
+    out: dict[str, dict[str, Target]] = {}
+    for backend in plan.backends:
+        home = work / backend
+        home.mkdir()
+        direct = (
+            start_nginx_backend(stack, home) if backend == "nginx" else start_backend(stack, home)
+        )
+        targets: dict[str, Target] = {"direct": direct}
+        out[backend] = targets
+        if direct.status != OK:
+            print(f"   backend {backend}: {direct.status} {direct.reason}", flush=True)
+            continue
+        url = direct.base_url
+        print(f"   backend {backend} on {url}; proxies with {plan.routes} routes", flush=True)
+        if "chp" in plan.kinds:
+            targets["chp"] = start_chp(stack, home, routespecs, url)
+        if "traefik" in plan.kinds:
+            targets["traefik"] = start_traefik(stack, home, routespecs, url)
+        for v in variants:
+            if v.kind == "node":
+                args = [*(["--parser", v.parser] if v.parser else []), *QUIET]
+                t = start_dataplane(stack, home, routespecs, url, name=v.name, extra_args=args)
+            else:
+                t = start_inprocess(stack, home, routespecs, url, name=v.name, parser=v.parser)
+            targets[v.name] = t
+        for t in targets.values():
+            print(f"   {backend}/{t.name}: {t.status} {t.reason[:300]}", flush=True)
+    return out
+
+
+# -- measuring --------------------------------------------------------------------------------
+def _load(target: Target, shape: Shape, plan: Plan, duration: float) -> LoadResult:
+    pattern, count = shape.request(plan.routes)
     return run_wrk(
         target.base_url,
-        pattern=PATTERN,
-        count=ROUTES,
+        pattern=pattern,
+        count=count,
         duration=duration,
-        connections=CONNECTIONS,
-        threads=THREADS,
+        connections=plan.connections,
+        threads=shape.threads,
     )
 
 
-def _check(result: LoadResult, target: Target) -> None:
+def _check(result: LoadResult, name: str) -> None:
     if result.requests == 0 or result.errors > MAX_ERROR_FRACTION * result.requests:
         raise LoadError(
-            f"{target.name}: {result.errors} errors ({result.non_2xx} non-2xx/3xx) "
+            f"{name}: {result.errors} errors ({result.non_2xx} non-2xx/3xx) "
             f"in {result.requests} requests"
         )
 
 
-def _http_summary(rounds: list[LoadResult]) -> dict[str, Any]:
-    return {
-        "rps": round(statistics.median(r.rps for r in rounds), 1),
-        "p50_ms": _median([r.p50_ms for r in rounds]),
-        "p99_ms": _median([r.p99_ms for r in rounds]),
-        "rounds_rps": [r.rps for r in rounds],
-        "rounds": [r.as_dict() for r in rounds],
-    }
+def measure_matrix(
+    targets: dict[str, dict[str, Target]], plan: Plan, cells: Sequence[Shape]
+) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, dict[str, str]]]:
+    """Rounds over every cell; per cell the targets alternate. (results, errors) by cell key."""
+    live = {b: [n for n, t in ts.items() if t.status == OK] for b, ts in targets.items()}
+    if plan.warmup >= 1:
+        for backend, names in live.items():
+            warm = Shape(backend, max(plan.threads), "all")
+            for name in list(names):
+                try:
+                    _load(targets[backend][name], warm, plan, plan.warmup)
+                except LoadError as exc:
+                    t = targets[backend][name]
+                    t.status, t.reason = ERROR, f"warm-up failed: {exc}"[:2000]
+                    names.remove(name)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {c.key: {} for c in cells}
+    errors: dict[str, dict[str, str]] = {c.key: {} for c in cells}
+    for i in range(plan.rounds):
+        for cell in cells:
+            for name in rotated(live.get(cell.backend, []), i):
+                if name in errors[cell.key]:
+                    continue  # failed in an earlier round: the cell reports the error
+                try:
+                    loaded = _load(targets[cell.backend][name], cell, plan, plan.duration)
+                    _check(loaded, name)
+                except LoadError as exc:
+                    errors[cell.key][name] = str(exc)[:2000]
+                    results[cell.key].pop(name, None)
+                    continue
+                results[cell.key].setdefault(name, []).append(loaded.as_dict())
+                print(
+                    f"   round {i + 1}/{plan.rounds} {cell.key} {name}: {_line(loaded)}",
+                    flush=True,
+                )
+    return results, errors
 
 
-def _ratios(http: dict[str, dict[str, Any]], subject: str) -> dict[str, Any]:
+def measure_websocket(targets: dict[str, Target], count: int) -> dict[str, Any]:
+    """Interleaved chunks (a new connection each) through every target, pooled."""
+    samples: dict[str, list[float]] = {n: [] for n, t in targets.items() if t.status == OK}
     out: dict[str, Any] = {}
-    if subject not in http:
-        return out
-    for other in ("chp", "traefik", "direct", DATAPLANE_VARIANTS[0][0]):
-        if other == subject:
-            continue
-        if other not in http:
-            continue
-        a, b = http[subject], http[other]
-        per_round = [
-            round(x / y, 3) for x, y in zip(a["rounds_rps"], b["rounds_rps"], strict=True) if y
-        ]
-        out[f"{subject}/{other}"] = {
-            "rps": round(a["rps"] / b["rps"], 3),
-            "rps_median_of_round_ratios": round(statistics.median(per_round), 3)
-            if per_round
-            else None,
-            "rps_per_round": per_round,
-            "p50_latency": round(a["p50_ms"] / b["p50_ms"], 3) if b["p50_ms"] else None,
-            "p99_latency": round(a["p99_ms"] / b["p99_ms"], 3) if b["p99_ms"] else None,
-        }
+    for _ in range(WS_CHUNKS):
+        for name in list(samples):
+            try:
+                samples[name] += round_trip_samples(
+                    targets[name].port, WS_PATH, count=max(1, count // WS_CHUNKS), warmup=50
+                )
+            except (OSError, WebSocketError) as exc:
+                out[name] = {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}"}
+                del samples[name]
+    for name, values in samples.items():
+        out[name] = summarize_round_trips(values).as_dict()
     return out
 
 
-def _profile(target: Target, duration: float, results_dir: Path) -> dict[str, Any]:
-    """py-spy on the data plane while wrk loads it; summary plus the raw stacks file."""
+def profile_target(
+    target: Target, shape: Shape, plan: Plan, results_dir: Path, label: str
+) -> dict[str, Any]:
+    """py-spy on one target's process while wrk loads it; summary plus the raw stacks file."""
     assert target.pid is not None
-    raw = results_dir / f"{target.name}-profile.collapsed.txt"
-    recorder = start_recording(target.pid, raw, duration=duration)
+    raw = results_dir / f"dataplane-profile-{label}.collapsed.txt"
+    recorder = start_recording(target.pid, raw, duration=plan.profile_duration)
     try:
-        loaded = _load(target, duration)
+        loaded = _load(target, shape, plan, plan.profile_duration)
     finally:
-        output, _ = recorder.communicate(timeout=duration + 60)
+        output, _ = recorder.communicate(timeout=plan.profile_duration + 60)
     if recorder.returncode != 0 or not raw.exists():
         return {"status": ERROR, "reason": f"py-spy exited {recorder.returncode}: {output[-1000:]}"}
     return {
         "status": OK,
         "tool": "py-spy record --rate 250 --function --nonblocking (idle samples excluded)",
+        "shape": shape.describe(plan.routes),
         "load_while_profiled": loaded.as_dict(),
         "raw_stacks": raw.name,
-        **summarize_file(raw),
+        **summarize_file(raw, top=15),
     }
+
+
+# -- the run ----------------------------------------------------------------------------------
+def run_plan(plan: Plan, results_dir: Path) -> dict[str, Any]:
+    require("wrk", "the HTTP load generator of this benchmark")  # clear error + install hint
+    load_before = _loadavg()  # other work on the machine skews the numbers: recorded, not hidden
+    started = time.time()
+    variants, detected = eventproxy_variants(plan.kinds)
+    cells = shapes(plan.backends, plan.threads, plan.paths)
+    with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as tmp, ExitStack() as stack:
+        targets = start_targets(stack, Path(tmp), plan, variants)
+        raw, errors = measure_matrix(targets, plan, cells)
+        websocket: dict[str, Any] = {}
+        if "bench" in targets and plan.ws_round_trips:
+            websocket = measure_websocket(targets["bench"], plan.ws_round_trips)
+        profiles = _profiles(targets, variants, plan, results_dir)
+    matrix: dict[str, Any] = {}
+    for cell in cells:
+        http = {name: cell_summary(r) for name, r in raw[cell.key].items()}
+        matrix[cell.key] = {
+            "shape": cell.describe(plan.routes),
+            "http": http,
+            "errors": errors[cell.key],
+            "ratios": cell_ratios(http),
+        }
+    lookup = bench_routing.run(_Quick(plan.lookup == "quick")) if plan.lookup else {}
+    result: dict[str, Any] = {
+        "parameters": {
+            **{k: v for k, v in asdict(plan).items() if k != "extra"},
+            **plan.extra,
+            "cells": [c.key for c in cells],
+            "ws_path": WS_PATH,
+            "max_error_fraction": MAX_ERROR_FRACTION,
+            "cpus_shared_by_load_proxy_backend": _cpus(),
+            "git_head": _git_head(),
+            "detected": detected,
+            "loadavg_before": load_before,
+            "loadavg_after": _loadavg(),
+            "started_at_unix": round(started),
+            "finished_at_unix": round(time.time()),
+        },
+        "targets": {
+            backend: {name: t.describe() for name, t in ts.items()}
+            for backend, ts in targets.items()
+        },
+        "matrix": matrix,
+        "websocket": websocket,
+        "profile": profiles,
+        "lookup": lookup,
+    }
+    result["verdicts"] = verdicts(result, variants)
+    if plan.plot:
+        from bench._plot import plot_dataplane
+        from bench._report import markdown_summary
+
+        result["plot"] = plot_dataplane(result, results_dir / "dataplane.png").name
+        summary = results_dir / "dataplane.md"
+        summary.write_text(markdown_summary(result))
+        result["summary"] = summary.name
+    return result
+
+
+def _profiles(
+    targets: dict[str, dict[str, Target]], variants: Sequence[Variant], plan: Plan, out: Path
+) -> dict[str, Any]:
+    if plan.profile_duration < 1:
+        return {}
+    backend = PROFILE_SHAPE[0] if PROFILE_SHAPE[0] in targets else next(iter(targets), None)
+    if backend is None:
+        return {}
+    shape = Shape(backend, PROFILE_SHAPE[1], PROFILE_SHAPE[2])
+    profiles: dict[str, Any] = {}
+    for v in variants:
+        t = targets[backend].get(v.name)
+        if t is None or t.status != OK:
+            continue
+        try:
+            profiles[v.name] = profile_target(t, shape, plan, out, v.name)
+        except (OSError, ValueError, ToolMissing, LoadError, subprocess.SubprocessError) as exc:
+            profiles[v.name] = {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}"}
+    return profiles
+
+
+def verdicts(result: dict[str, Any], variants: Sequence[Variant]) -> dict[str, Any]:
+    """The issue's targets, each judged on the worst cell of this run."""
+    matrix = result["matrix"]
+    out: dict[str, Any] = {}
+    for v in variants:
+        if v.kind == "node":
+            out[f"{v.name} >= 2x chp"] = throughput_verdict(
+                matrix, v.name, minimum=STANDALONE_MIN_RATIO, p99_not_above_chp=True
+            )
+        else:
+            out[f"{v.name} >= 1.5x chp"] = throughput_verdict(
+                matrix, v.name, minimum=INPROCESS_MIN_RATIO, p99_not_above_chp=False
+            )
+        out[f"{v.name} websocket p50 <= chp"] = websocket_verdict(result["websocket"], v.name)
+    if result["lookup"]:
+        out["lookup flat 100 -> 10,000 routes"] = lookup_verdict(result["lookup"])
+    out["gap to traefik"] = traefik_gap(matrix, [v.name for v in variants])
+    return out
+
+
+def traefik_gap(matrix: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """Per target, the range over cells of its req/s relative to traefik; and traefik/CHP."""
+    out: dict[str, Any] = {}
+    for name in [*names, "traefik"]:
+        key = f"{name}/traefik" if name != "traefik" else "traefik/chp"
+        values = [
+            c["ratios"][key]["rps"]
+            for c in matrix.values()
+            if key in c["ratios"] and c["ratios"][key]["rps"] is not None
+        ]
+        if values:
+            out[key] = {"min": min(values), "max": max(values), "cells": len(values)}
+    return out
+
+
+@dataclass(frozen=True)
+class _Quick:
+    quick: bool
 
 
 def run(ctx: Any) -> dict[str, Any]:
-    quick = bool(ctx.quick)
-    # Short interleaved rounds: the machine is shared, and a burst of other work then skews one
-    # round of every target alike instead of all rounds of one target.
-    duration = 3.0 if quick else 6.0
-    rounds = 1 if quick else 5
-    profile_duration = 3.0 if quick else 10.0
-    warmup = 1.0 if quick else 2.0
-    ws_count = 500 if quick else 2000
-    results_dir = Path(ctx.results_dir)
-    require("wrk", "the HTTP load generator of this benchmark")  # clear error + install hint
-    routespecs = user_routespecs(ROUTES)
-    load_before = _loadavg()  # other work on the machine skews the numbers: recorded, not hidden
-
-    with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as tmp, ExitStack() as stack:
-        work = Path(tmp)
-        backend = start_backend(stack, work)
-        backend_url = backend.base_url
-        print(f"   backend on {backend_url}; starting proxies with {ROUTES} routes", flush=True)
-        targets: dict[str, Target] = {
-            "direct": backend,
-            "chp": start_chp(stack, work, routespecs, backend_url),
-            "traefik": start_traefik(stack, work, routespecs, backend_url),
-        }
-        for name, args in DATAPLANE_VARIANTS:
-            targets[name] = start_dataplane(
-                stack, work, routespecs, backend_url, name=name, extra_args=args
-            )
-        for t in targets.values():
-            print(f"   {t.name}: {t.status} {t.reason[:300]}", flush=True)
-
-        measured: dict[str, list[LoadResult]] = {}
-        for t in targets.values():
-            if t.status != OK:
-                continue
-            try:
-                _load(t, warmup)
-            except LoadError as exc:
-                t.status, t.reason = ERROR, f"warm-up failed: {exc}"[:2000]
-            else:
-                measured[t.name] = []
-        for i in range(rounds):
-            for name in list(measured):
-                t = targets[name]
-                try:
-                    loaded = _load(t, duration)
-                    _check(loaded, t)
-                except LoadError as exc:
-                    t.status, t.reason = ERROR, str(exc)[:2000]
-                    del measured[name]
-                    continue
-                measured[name].append(loaded)
-                print(f"   round {i + 1}/{rounds} {name}: {_line(loaded)}", flush=True)
-
-        # Interleaved chunks (a new connection each), pooled: like the HTTP rounds, so a burst
-        # of other work on the machine does not land on one target only.
-        samples: dict[str, list[float]] = {name: [] for name in measured}
-        websocket: dict[str, Any] = {}
-        for _ in range(WS_CHUNKS):
-            for name in list(samples):
-                try:
-                    samples[name] += round_trip_samples(
-                        targets[name].port, WS_PATH, count=ws_count // WS_CHUNKS, warmup=50
-                    )
-                except (OSError, WebSocketError) as exc:
-                    websocket[name] = {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}"}
-                    del samples[name]
-        for name, values in samples.items():
-            websocket[name] = summarize_round_trips(values).as_dict()
-
-        profiles: dict[str, Any] = {}
-        for name, _ in DATAPLANE_VARIANTS:
-            if name in measured:
-                try:
-                    profiles[name] = _profile(targets[name], profile_duration, results_dir)
-                except (OSError, ValueError, ToolMissing, LoadError) as exc:
-                    profiles[name] = {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}"}
-
-    http = {name: _http_summary(r) for name, r in measured.items()}
-    ratios: dict[str, Any] = {}
-    for name, _ in DATAPLANE_VARIANTS:
-        ratios.update(_ratios(http, name))
-    result: dict[str, Any] = {
-        "parameters": {
-            "routes": ROUTES,
-            "connections": CONNECTIONS,
-            "threads": THREADS,
-            "duration_s": duration,
-            "rounds": rounds,
-            "warmup_s": warmup,
-            "path_pattern": PATTERN,
-            "ws_path": WS_PATH,
-            "ws_round_trips": ws_count,
-            "cpus_shared_by_load_proxy_backend": _cpus(),
-            "loadavg_1m_before": load_before,
-            "git_head": _git_head(),
-            "loadavg_1m_after": _loadavg(),
-        },
-        "targets": {name: t.describe() for name, t in targets.items()},
-        "http": http,
-        "websocket": websocket,
-        "ratios": ratios,
-        "profile": profiles,
-        "finished_at_unix": round(time.time()),
-    }
-    png = plot_dataplane(result, results_dir / "dataplane.png")
-    result["plot"] = png.name
-    summary = results_dir / "dataplane.md"
-    summary.write_text(markdown_summary(result))
-    result["summary"] = summary.name
-    return result
+    plan = Plan.quick() if ctx.quick else Plan.full()
+    return run_plan(plan, Path(ctx.results_dir))
 
 
 def _line(r: LoadResult) -> str:
@@ -276,9 +438,12 @@ def _git_head() -> str | None:
     return done.stdout.strip() or None
 
 
-def _loadavg() -> float | None:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+def _loadavg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+__all__ = ["UNAVAILABLE", "Plan", "run", "run_plan"]
