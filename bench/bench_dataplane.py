@@ -42,6 +42,7 @@ from bench._load import LoadError, LoadResult, run_wrk
 from bench._matrix import (
     BACKENDS,
     INPROCESS_MIN_RATIO,
+    ONE_USER,
     PATHS,
     STANDALONE_MIN_RATIO,
     THREADS,
@@ -74,7 +75,7 @@ from bench._ws import WebSocketError, round_trip_samples, summarize_round_trips
 
 KINDS = ("direct", "chp", "traefik", "node", "inprocess")
 QUIET = ["--log-level", "WARNING"]
-WS_PATH = "/user/user0500/api/kernels/ws"
+WS_PATH = "/user/user%04d/api/kernels/ws"  # the one user of the "one" path set
 WS_CHUNKS = 4
 MAX_ERROR_FRACTION = 0.001
 PROFILE_SHAPE = ("nginx", 1, "one")  # the issue's own shape; bench backend if no nginx
@@ -218,7 +219,7 @@ def measure_matrix(
     targets: dict[str, dict[str, Target]], plan: Plan, cells: Sequence[Shape]
 ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, dict[str, str]]]:
     """Rounds over every cell; per cell the targets alternate. (results, errors) by cell key."""
-    live = {b: [n for n, t in ts.items() if t.status == OK] for b, ts in targets.items()}
+    live = {b: _measured(ts, plan) for b, ts in targets.items()}
     if plan.warmup >= 1:
         for backend, names in live.items():
             warm = Shape(backend, max(plan.threads), "all")
@@ -251,15 +252,29 @@ def measure_matrix(
     return results, errors
 
 
-def measure_websocket(targets: dict[str, Target], count: int) -> dict[str, Any]:
+def ws_path(plan: Plan) -> str:
+    return WS_PATH % min(ONE_USER, plan.routes - 1)
+
+
+def _measured(targets: dict[str, Target], plan: Plan) -> list[str]:
+    """The targets that run and are to be measured ("direct" only if the plan asks for it)."""
+    return [
+        n
+        for n, t in targets.items()
+        if t.status == OK and (n != "direct" or "direct" in plan.kinds)
+    ]
+
+
+def measure_websocket(targets: dict[str, Target], plan: Plan) -> dict[str, Any]:
     """Interleaved chunks (a new connection each) through every target, pooled."""
-    samples: dict[str, list[float]] = {n: [] for n, t in targets.items() if t.status == OK}
+    count = plan.ws_round_trips
+    samples: dict[str, list[float]] = {n: [] for n in _measured(targets, plan)}
     out: dict[str, Any] = {}
     for _ in range(WS_CHUNKS):
         for name in list(samples):
             try:
                 samples[name] += round_trip_samples(
-                    targets[name].port, WS_PATH, count=max(1, count // WS_CHUNKS), warmup=50
+                    targets[name].port, ws_path(plan), count=max(1, count // WS_CHUNKS), warmup=50
                 )
             except (OSError, WebSocketError) as exc:
                 out[name] = {"status": ERROR, "reason": f"{type(exc).__name__}: {exc}"}
@@ -304,7 +319,7 @@ def run_plan(plan: Plan, results_dir: Path) -> dict[str, Any]:
         raw, errors = measure_matrix(targets, plan, cells)
         websocket: dict[str, Any] = {}
         if "bench" in targets and plan.ws_round_trips:
-            websocket = measure_websocket(targets["bench"], plan.ws_round_trips)
+            websocket = measure_websocket(targets["bench"], plan)
         profiles = _profiles(targets, variants, plan, results_dir)
     matrix: dict[str, Any] = {}
     for cell in cells:
@@ -321,7 +336,7 @@ def run_plan(plan: Plan, results_dir: Path) -> dict[str, Any]:
             **{k: v for k, v in asdict(plan).items() if k != "extra"},
             **plan.extra,
             "cells": [c.key for c in cells],
-            "ws_path": WS_PATH,
+            "ws_path": ws_path(plan),
             "max_error_fraction": MAX_ERROR_FRACTION,
             "cpus_shared_by_load_proxy_backend": _cpus(),
             "git_head": _git_head(),

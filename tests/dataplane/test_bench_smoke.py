@@ -1,8 +1,11 @@
 """Smoke tests of the benchmark harness: each piece starts, answers, and is parsed right.
 
 The real benchmark (``nox -s bench``) runs for minutes; these take seconds: the loopback
-backend answers HTTP and WebSocket, wrk's report is parsed, CHP and traefik route a few
-prefixes to the backend, and py-spy's collapsed stacks are summarised.
+backend and nginx answer, wrk's report is parsed, CHP and traefik route a few prefixes to the
+backend, EventProxy's in-process plane runs on stock asyncio, py-spy's collapsed stacks are
+summarised, the matrix's ratios and verdicts are computed right -- and one small end-to-end run
+of the whole matrix (both backends x wrk -t1/-t2 x one path/all prefixes, CHP, the node and the
+in-process plane, 1 s per cell) produces every cell.
 """
 
 from __future__ import annotations
@@ -15,17 +18,32 @@ from pathlib import Path
 
 import pytest
 from bench._load import LoadError, parse_wrk_output, run_wrk
+from bench._matrix import (
+    Shape,
+    cell_ratios,
+    cell_summary,
+    lookup_verdict,
+    rotated,
+    shapes,
+    throughput_verdict,
+)
+from bench._nginx import BODY as NGINX_BODY
+from bench._nginx import NGINX_HINT, Nginx, nginx_binary, nginx_config
 from bench._profile import package_of, parse_collapsed, summarize
+from bench._report import markdown_summary
 from bench._targets import (
     OK,
     Target,
+    parsers_in_help,
     start_backend,
     start_chp,
+    start_inprocess,
     start_traefik,
     traefik_dynamic,
     user_routespecs,
 )
 from bench._ws import measure_round_trips, percentile
+from bench.bench_dataplane import Plan, run_plan
 
 from support import require_binary
 from support.chp import require_chp, running_chp
@@ -182,3 +200,172 @@ def test_chp_launcher_rest_api(backend: Target, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="must start with '/'"):
             chp.add_route("user/bob", backend.base_url)
     assert chp.child.proc.poll() is not None  # stopped by PID
+
+
+# -- the matrix: pure pieces ------------------------------------------------------------------
+def test_nginx_config(tmp_path: Path) -> None:
+    text = nginx_config(tmp_path, 8123)
+    assert "daemon off;" in text
+    assert "listen 127.0.0.1:8123 " in text
+    assert f"pid {tmp_path}/nginx.pid;" in text
+    assert f"client_body_temp_path {tmp_path}/temp/client_body;" in text
+    assert "keepalive_requests 10000000;" in text  # a proxy's pooled connection is never closed
+    assert 'return 200 "' + "x" * 99 + '\\n";' in text
+    assert len(NGINX_BODY) == 100
+    with pytest.raises(ValueError, match="port"):
+        nginx_config(tmp_path, 0)
+    with pytest.raises(ValueError, match="cannot hold"):
+        nginx_config(tmp_path / "a b", 8123)
+
+
+def test_parser_detection_from_help() -> None:
+    help_text = "  --parser {h11,httptools,auto}\n                        HTTP parser\n"
+    assert parsers_in_help(help_text) == ["h11", "httptools"]
+    assert parsers_in_help("  --loop {asyncio,trio}\n") == []
+
+
+def test_shapes_and_rotation() -> None:
+    cells = shapes()
+    assert [c.key for c in cells] == [
+        "nginx/t1/one", "nginx/t1/all", "nginx/t2/one", "nginx/t2/all",
+        "bench/t1/one", "bench/t1/all", "bench/t2/one", "bench/t2/all",
+    ]  # fmt: skip
+    assert Shape("nginx", 1, "one").request(1000) == ("/user/user0500/api/status", 1)
+    assert Shape("nginx", 1, "one").request(100) == ("/user/user0099/api/status", 1)
+    assert Shape("bench", 2, "all").request(1000) == ("/user/user%04d/api/status", 1000)
+    with pytest.raises(ValueError, match="backend"):
+        Shape("apache", 1, "one")
+    with pytest.raises(ValueError, match="threads"):
+        Shape("nginx", 0, "one")
+    assert rotated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+    assert rotated([], 3) == []
+
+
+def _rounds(*rps: float, p99: float = 10.0) -> list[dict[str, float]]:
+    return [{"rps": r, "p50_ms": 1.0, "p99_ms": p99} for r in rps]
+
+
+def test_ratios_and_verdicts_take_the_worst_cell() -> None:
+    good = {
+        "chp": cell_summary(_rounds(100, 200, 100, p99=20)),
+        "node": cell_summary(_rounds(300, 380, 250, p99=10)),
+        "direct": cell_summary(_rounds(9000, 9000, 9000, p99=1)),
+    }
+    r = cell_ratios(good)
+    assert set(r) == {"node/chp"}  # direct is never a subject; no traefik measured
+    assert r["node/chp"]["rps"] == 3.0  # ratio of medians: 300 / 100
+    assert r["node/chp"]["rps_per_round"] == [3.0, 1.9, 2.5]
+    assert r["node/chp"]["rps_median_of_round_ratios"] == 2.5
+    assert r["node/chp"]["p99_latency"] == 0.5
+    matrix = {"a": {"ratios": r}}
+    verdict = throughput_verdict(matrix, "node", minimum=2.0, p99_not_above_chp=True)
+    assert verdict["met"] and verdict["worst_rps_ratio"] == 2.5
+    # a second cell at 1.9x fails the target, however good the first one is
+    bad = {
+        "chp": cell_summary(_rounds(100, p99=20)),
+        "node": cell_summary(_rounds(190, p99=10)),
+    }
+    matrix["b"] = {"ratios": cell_ratios(bad)}
+    verdict = throughput_verdict(matrix, "node", minimum=2.0, p99_not_above_chp=True)
+    assert not verdict["met"] and verdict["worst_rps_ratio"] == 1.9
+    # fast enough but with a worse tail than CHP: not met either
+    slow_tail = {"chp": cell_summary(_rounds(100, p99=5)), "node": cell_summary(_rounds(400))}
+    matrix = {"c": {"ratios": cell_ratios(slow_tail)}}
+    assert not throughput_verdict(matrix, "node", minimum=2.0, p99_not_above_chp=True)["met"]
+    assert throughput_verdict(matrix, "node", minimum=2.0, p99_not_above_chp=False)["met"]
+    # a cell where the subject was not measured is "not shown", not skipped
+    matrix["d"] = {"ratios": {}}
+    verdict = throughput_verdict(matrix, "node", minimum=2.0, p99_not_above_chp=False)
+    assert not verdict["met"] and verdict["missing"] == ["d"]
+    # unequal round counts (a failed round) are not paired up
+    assert cell_ratios({"chp": good["chp"], "node": bad["node"]}) == {}
+
+
+def test_lookup_verdict() -> None:
+    flat = lookup_verdict({"ns_per_lookup": {"100": 1000.0, "1000": 1010.0, "10000": 1100.0}})
+    assert flat["met"] and flat["growth_100_to_10000"] == 1.1
+    assert not lookup_verdict({"ns_per_lookup": {"100": 1000.0, "10000": 2000.0}})["met"]
+    assert not lookup_verdict({"ns_per_lookup": {"100": 1000.0}})["met"]
+
+
+def test_plan_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="unknown target kinds"):
+        Plan(kinds=("chp", "nginx-proxy"))
+    with pytest.raises(ValueError, match=">= 1"):
+        Plan(rounds=0)
+    assert Plan.quick().rounds == 1 and Plan.full().routes == 1000
+
+
+# -- the matrix: real processes ---------------------------------------------------------------
+def require_nginx() -> str:
+    return str(require_binary("nginx", NGINX_HINT, path=nginx_binary()))
+
+
+@pytest.mark.services
+def test_nginx_backend_answers_100_bytes_kept_alive(tmp_path: Path) -> None:
+    binary = require_nginx()
+    with ExitStack() as stack:
+        server = Nginx(stack, tmp_path / "nginx", binary)
+        answers = get(server.port, "/user/user0001/api/status", times=3)  # one connection
+        assert answers == [(200, NGINX_BODY)] * 3
+        child = server.child
+    assert child.proc.poll() is not None  # stopped by PID when the stack closed
+
+
+@pytest.mark.services
+def test_inprocess_hub_runs_on_stock_asyncio(backend: Target, tmp_path: Path) -> None:
+    routes = user_routespecs(10)
+    with ExitStack() as stack:
+        hub = start_inprocess(stack, tmp_path, routes, backend.base_url)
+        assert hub.status == OK, hub.reason
+        assert hub.info["loop"] == "asyncio.unix_events._UnixSelectorEventLoop"
+        assert hub.info["routes"] == 10
+        assert get(hub.port, "/user/user0009/lab")[0] == (200, b"hello from the bench backend\n")
+        assert get(hub.port, "/user/nobody/")[0][0] in (404, 503)  # no route (hub's error page)
+        assert measure_round_trips(hub.port, "/user/user0003/ws", count=5, warmup=1).count == 5
+
+
+@pytest.mark.services
+@pytest.mark.timeout(240)
+def test_matrix_end_to_end_small(tmp_path: Path) -> None:
+    """Every cell of the matrix gets a number for CHP, the node and the in-process plane."""
+    require_binary("wrk", INSTALL_HINTS["wrk"])
+    require_nginx()
+    require_chp()
+    plan = Plan(
+        routes=100,
+        rounds=1,
+        duration=1,
+        warmup=0,
+        kinds=("chp", "node", "inprocess"),
+        ws_round_trips=40,
+        profile_duration=0,
+        lookup="",
+        plot=False,
+    )
+    result = run_plan(plan, tmp_path)
+    assert result["targets"]["nginx"]["direct"]["body_bytes"] == 100
+    assert result["targets"]["bench"]["inprocess"]["loop"].startswith("asyncio.")
+    nodes = [n for n in result["targets"]["bench"] if n.startswith("node-")]
+    assert nodes, result["targets"]
+    subjects = [*nodes, "inprocess"]
+    assert list(result["matrix"]) == [c.key for c in shapes()]
+    for key, cell in result["matrix"].items():
+        assert cell["errors"] == {}, (key, cell["errors"])
+        assert set(cell["http"]) == {"chp", *subjects}, key
+        for name, h in cell["http"].items():
+            (only,) = h["rounds"]
+            assert only["errors"] == 0 and only["requests"] > 50, (key, name, only)
+        for name in subjects:
+            r = cell["ratios"][f"{name}/chp"]
+            assert r["rps"] == round(cell["http"][name]["rps"] / cell["http"]["chp"]["rps"], 3)
+            assert len(r["rps_per_round"]) == 1
+    for name in ["chp", *subjects]:
+        assert result["websocket"][name].get("count") == 40, result["websocket"]
+    verdicts = result["verdicts"]
+    for name in nodes:
+        assert set(verdicts[f"{name} >= 2x chp"]["cells"]) == set(result["matrix"])
+    assert "inprocess websocket p50 <= chp" in verdicts
+    text = markdown_summary(result)
+    assert "nginx/t1/one" in text and "bench/t2/all" in text and "inprocess" in text
