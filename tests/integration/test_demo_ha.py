@@ -1,8 +1,9 @@
 """``eventproxy demo --ha``: 3 etcd members, 2 traefik replicas, 1 data-plane node and a real
 JupyterHub, all on 127.0.0.1, started through the CLI.
 
-The user's route, added by the hub when alice's server starts, is served by every replica
-(both traefik replicas when ``add_route`` returns, the node as it follows the log). Then one
+The user's route, added by the hub when alice's server starts, is confirmed on every replica
+(both traefik replicas and the node) before ``add_route`` returns: once the hub says her server
+is ready, each serves it at the first request, and no warning says one was left out. Then one
 traefik replica and one etcd member are killed by the PIDs the demo printed, and headless
 Chromium still logs in through the surviving replica and reaches JupyterLab. SIGTERM stops
 everything: no process the demo started is left. A screenshot goes to
@@ -94,6 +95,14 @@ def running_ha_demo(
         kill_leftovers(seen)
 
 
+def _server_ready(client: httpx.Client, user: str) -> bool:
+    """The hub's REST API (cookie auth, with the XSRF token JupyterHub asks of it)."""
+    xsrf = [c.value for c in client.cookies.jar if c.name == "_xsrf"]
+    r = client.get(f"/hub/api/users/{user}", headers={"X-XSRFToken": xsrf[-1]} if xsrf else {})
+    assert r.status_code == 200, (r.status_code, r.text[:500])
+    return bool(r.json()["servers"].get("", {}).get("ready"))
+
+
 def _killed(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not is_running(pid), timeout=10, what=f"PID {pid} gone")
@@ -122,21 +131,25 @@ def test_demo_ha_survives_a_replica_and_an_etcd_member(tmp_path: Path) -> None:
         assert {"etcd-0", "etcd-1", "etcd-2", "traefik-0", "traefik-1", "node", "hub"} == set(pids)
         assert event["log_url"].startswith("etcd://127.0.0.1:")
 
-        # alice's route, added through the hub, is served by all three replicas
+        # alice's route, added through the hub, is confirmed on all three replicas: once the
+        # hub's API says her server is ready (it is, only after add_route returned), each
+        # replica serves it at the first request (no wait, no retry)
         with httpx.Client(base_url=urls[0], trust_env=False, timeout=10.0) as client:
             login(client, "alice", event["password"])
             spawn_and_wait(client, "alice")
+            wait_until(
+                lambda: _server_ready(client, "alice"),
+                timeout=60,
+                what="the hub's API to say alice's server is ready",
+            )
             cookies = client.cookies
         for i, url in enumerate(urls):
             with httpx.Client(base_url=url, cookies=cookies, trust_env=False, timeout=10.0) as c:
-
-                def served(c: httpx.Client = c) -> bool:
-                    r = c.get("/user/alice/api")
-                    return r.status_code == 200 and "version" in r.json()
-
-                # (replica 0 may load the route a moment before the hub's add_route has seen it
-                # on replica 1 and returned, so each is waited on; the node follows the log)
-                wait_until(served, timeout=60, what=f"alice's route on replica {i} {url}")
+                r = c.get("/user/alice/api")
+                assert r.status_code == 200 and "version" in r.json(), (i, url, r.status_code)
+        # ... and the hub confirmed every change everywhere: nothing was left out
+        for left_out in ("not everywhere", "traefik replicas; not by", "data-plane nodes; not on"):
+            assert left_out not in child.output(), child.output()[-5000:]
 
         # one traefik replica and one etcd member go
         seen.update(process_tree(child.pid))
@@ -247,6 +260,7 @@ def test_demo_ha_hub_config_selects_etcd_and_both_replicas(tmp_path: Path) -> No
     assert c.EventProxy.traefik_api_urls == ["http://127.0.0.1:5000", "http://127.0.0.1:5001"]
     assert c.EventProxy.traefik_api_password == "tok'en"
     assert c.EventProxy.require_all_endpoints is False
+    assert c.EventProxy.data_plane_endpoints == ["http://127.0.0.1:7001"]  # the node's admin
     assert settings.urls == [
         "http://127.0.0.1:4000/",
         "http://127.0.0.1:4001/",
