@@ -3,7 +3,7 @@ provider) and one real ``eventproxy dataplane`` node, all following one etcd log
 returns once all three route the change: each is requested the moment it returns (no wait, no
 retry). A node that is gone fails the call naming it (``require_all_endpoints``), or is left out
 with a warning (``False``, as ``eventproxy demo --ha`` runs); the node's activity shows in
-``get_all_routes``."""
+``get_all_routes``. The in-process plane confirms on nodes beside it the same way."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 from hub_support import shared_backend
 from test_etcd_node import Node
 
-from eventproxy import EventProxy, VisibilityTimeoutError
+from eventproxy import EventProxy, VisibilityTimeoutError, open_log
 from support import LOOPBACK, free_port
 from support.etcd import Etcd, require_etcd, running_etcd
 from support.traefik import Traefik, require_traefik
@@ -159,3 +159,40 @@ async def test_a_listed_node_that_never_answers_fails_the_start(tmp_path: Path) 
             await proxy.start()
     finally:
         await proxy.stop()
+
+
+async def test_the_inprocess_plane_confirms_on_a_node_beside_it(tmp_path: Path) -> None:
+    """The same with ``data_plane = "inprocess"`` (and a file log the node follows): each add is
+    served by the hub's own plane and by the node when it returns; the node gone fails it."""
+    url = f"file://{tmp_path}/routes.log"
+    async with await open_log(url):  # created by its writer; the node only reads it
+        pass
+    (tmp_path / "node").mkdir()
+    node = Node(tmp_path / "node", url)
+    await asyncio.to_thread(node.start)
+    admin = f"http://{LOOPBACK}:{node.admin}"
+    proxy = EventProxy(
+        public_url=f"http://{LOOPBACK}:{free_port()}/",
+        log_url=url,
+        data_plane_endpoints=[admin],
+        visibility_timeout=3.0,
+    )
+    fronts = [proxy.public_url.rstrip("/"), f"http://{LOOPBACK}:{node.port}"]
+    try:
+        with shared_backend() as backend:
+            await proxy.start()
+            target = f"http://{LOOPBACK}:{backend}"
+            async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+                for i in range(5):
+                    await proxy.add_route(f"/user/u{i}/", target, {})
+                    for front in fronts:  # no wait, no retry
+                        r = await client.get(f"{front}/user/u{i}/lab")
+                        assert r.status_code == 200, (i, front, r.status_code)
+            assert node.child is not None
+            os.kill(node.child.pid, signal.SIGKILL)
+            node.child.proc.wait(10)
+            with pytest.raises(VisibilityTimeoutError, match=admin.replace(".", r"\.")):
+                await proxy.add_route("/user/late/", target, {})
+    finally:
+        await proxy.stop()
+        node.stop()

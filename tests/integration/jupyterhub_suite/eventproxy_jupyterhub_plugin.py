@@ -85,7 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
         if "http_timeout" not in self.config.Spawner:
             self.config.Spawner.http_timeout = 120
         if "log_url" not in self.config.EventProxy:
-            self.config.EventProxy.log_url = f"file://{log_dir / f'routes-{next(counter)}.log'}"
+            # pid: pytest-xdist's workers share log_dir
+            name = f"routes-{os.getpid()}-{next(counter)}.log"
+            self.config.EventProxy.log_url = f"file://{log_dir / name}"
         plane = os.environ.get("EVENTPROXY_JH_SUITE_DATA_PLANE")
         if plane and "data_plane" not in self.config.EventProxy:
             self.config.EventProxy.data_plane = plane
