@@ -9,10 +9,10 @@ class JupyterHub loads for ``c.JupyterHub.proxy_class = "eventproxy"``), with th
 ``asyncio.run``'s -- stock asyncio, never uvloop, as in JupyterHub (tornado on asyncio's default
 policy); this is checked, and the loop class is printed in the ready line.
 
-When ``--parser NAME`` is given and ``EventProxy`` has a ``parser`` trait, it is set; else the
-plane gets EventProxy's default settings. The ready line (one JSON object on stdout, prefixed
-``INPROCESS_READY``) says which loop and which parser the plane really runs with, read back from
-the running plane. Runs until SIGTERM/SIGINT; then ``stop()``.
+When ``--parser NAME`` is given and ``EventProxy`` has a ``data_plane_parser`` trait, it is
+set; else the plane gets EventProxy's default settings. The ready line (one JSON object on
+stdout, prefixed ``INPROCESS_READY``) says which loop and which parser the plane really runs
+with, read back from the running plane. Runs until SIGTERM/SIGINT; then ``stop()``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 from eventproxy import EventProxy
 
 READY = "INPROCESS_READY"
+PARSER_TRAIT = "data_plane_parser"
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
@@ -52,8 +53,8 @@ async def main(args: argparse.Namespace) -> None:
         raise RuntimeError(f"not a stock asyncio loop: {loop_name(loop)}")
     proxy = EventProxy(public_url=f"http://127.0.0.1:{args.port}/", log_url=args.log_url)
     parser_set = False
-    if args.parser and proxy.has_trait("parser"):
-        proxy.parser = args.parser
+    if args.parser and proxy.has_trait(PARSER_TRAIT):
+        setattr(proxy, PARSER_TRAIT, args.parser)
         parser_set = True
     await proxy.start()
     specs = [f"/user/user{i:04d}/" for i in range(args.routes)]
@@ -85,7 +86,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", required=True, help="every route's target URL")
     parser.add_argument("--routes", type=int, default=1000, help="user routes to add")
     parser.add_argument("--log-url", required=True, help="EventProxy.log_url (file://...)")
-    parser.add_argument("--parser", default="", help="EventProxy.parser, when it has that trait")
+    parser.add_argument("--parser", default="", help="EventProxy.data_plane_parser, if it has it")
     args = parser.parse_args(argv)
     if not args.backend.startswith("http://127.0.0.1:"):
         parser.error(f"--backend must be a loopback URL, got {args.backend!r}")

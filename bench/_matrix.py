@@ -89,10 +89,16 @@ def cell_summary(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Medians over rounds of one target in one cell (``rounds``: LoadResult dicts)."""
     if not rounds:
         raise ValueError("a cell summary needs at least one round")
+    per_cpu = [r["req_per_cpu_s"] for r in rounds if r.get("req_per_cpu_s")]
     return {
         "rps": round(statistics.median(r["rps"] for r in rounds), 1),
         "p50_ms": median([r["p50_ms"] for r in rounds]),
         "p99_ms": median([r["p99_ms"] for r in rounds]),
+        # requests per CPU-second of the proxy's process (all threads): what a request costs,
+        # which a busy machine disturbs less than req/s (None if not read for every round)
+        "req_per_cpu_s": round(statistics.median(per_cpu), 1)
+        if per_cpu and len(per_cpu) == len(rounds)
+        else None,
         "rounds_rps": [r["rps"] for r in rounds],
         "rounds_p99_ms": [r["p99_ms"] for r in rounds],
         "rounds": list(rounds),
@@ -110,6 +116,9 @@ def ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         "rps_per_round": per_round,
         "p50_latency": round(a["p50_ms"] / b["p50_ms"], 3) if b["p50_ms"] else None,
         "p99_latency": round(a["p99_ms"] / b["p99_ms"], 3) if b["p99_ms"] else None,
+        "req_per_cpu_s": round(a["req_per_cpu_s"] / b["req_per_cpu_s"], 3)
+        if a.get("req_per_cpu_s") and b.get("req_per_cpu_s")
+        else None,
     }
 
 

@@ -47,6 +47,8 @@ BOOTSTRAP = [
 # Where a proxy's time goes, by frame pattern (matched against ``function (path:line)``).
 CATEGORIES = {
     "h11 (parse, validate, serialise)": r"\(h11/",
+    "httptools (llhttp) and its adapter": r"\(httptools/|_parse_httptools\.py",
+    "h11 adapter (parser interface)": r"_parse_h11\.py",
     "wsproto": r"\(wsproto/",
     "socket send (byte stream .send: anyio, trio or asyncio-Protocol edge)": (
         r"^(SocketStream|FastStream)\.send"

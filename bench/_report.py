@@ -81,6 +81,21 @@ def markdown_summary(results: dict[str, Any]) -> str:
         "req/s relative to traefik: ratio of medians (median of per-round ratios)",
     )
     lines += _table(matrix, [n for n in names if n != "direct"], p99, "p99 latency, ms")
+
+    def per_cpu(c: dict[str, Any], name: str) -> str:
+        h = c["http"].get(name)
+        if h is None:
+            return _status(c, name) or "n/a"
+        r = c["ratios"].get(f"{name}/chp")
+        rel = f" ({_num(r['req_per_cpu_s'], '.2f')}x)" if r and r.get("req_per_cpu_s") else ""
+        return _num(h.get("req_per_cpu_s"), ".0f") + rel
+
+    lines += _table(
+        matrix,
+        [n for n in names if n != "direct"],
+        per_cpu,
+        "requests per CPU-second of the proxy's process (relative to CHP)",
+    )
     errors = [(k, n, e) for k, c in matrix.items() for n, e in c["errors"].items()]
     if errors:
         lines += ["**errors**", ""] + [f"- {k} {n}: {e[:300]}" for k, n, e in errors] + [""]

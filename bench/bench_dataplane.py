@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import bench_routing
+from bench._inprocess_hub import PARSER_TRAIT
 from bench._load import LoadError, LoadResult, run_wrk
 from bench._matrix import (
     BACKENDS,
@@ -155,7 +156,7 @@ def _eventproxy_has_parser_trait() -> bool:
         from eventproxy import EventProxy
     except Exception:  # reported as unavailable by the target itself
         return False
-    return "parser" in EventProxy.class_trait_names()
+    return PARSER_TRAIT in EventProxy.class_trait_names()
 
 
 # -- starting everything ----------------------------------------------------------------------
@@ -237,14 +238,22 @@ def measure_matrix(
             for name in rotated(live.get(cell.backend, []), i):
                 if name in errors[cell.key]:
                     continue  # failed in an earlier round: the cell reports the error
+                target = targets[cell.backend][name]
+                pid = target.pid if name != "direct" else None
+                cpu_before = cpu_seconds(pid)
                 try:
-                    loaded = _load(targets[cell.backend][name], cell, plan, plan.duration)
+                    loaded = _load(target, cell, plan, plan.duration)
                     _check(loaded, name)
                 except LoadError as exc:
                     errors[cell.key][name] = str(exc)[:2000]
                     results[cell.key].pop(name, None)
                     continue
-                results[cell.key].setdefault(name, []).append(loaded.as_dict())
+                cpu_after = cpu_seconds(pid)
+                row: dict[str, Any] = loaded.as_dict()
+                if cpu_before is not None and cpu_after is not None and cpu_after > cpu_before:
+                    row["proxy_cpu_s"] = round(cpu_after - cpu_before, 3)
+                    row["req_per_cpu_s"] = round(loaded.requests / (cpu_after - cpu_before), 1)
+                results[cell.key].setdefault(name, []).append(row)
                 print(
                     f"   round {i + 1}/{plan.rounds} {cell.key} {name}: {_line(loaded)}",
                     flush=True,
@@ -254,6 +263,21 @@ def measure_matrix(
 
 def ws_path(plan: Plan) -> str:
     return WS_PATH % min(ONE_USER, plan.routes - 1)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of process ``pid`` (all its threads) so far, from /proc."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _measured(targets: dict[str, Target], plan: Plan) -> list[str]:

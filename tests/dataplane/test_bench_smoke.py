@@ -357,6 +357,7 @@ def test_matrix_end_to_end_small(tmp_path: Path) -> None:
         for name, h in cell["http"].items():
             (only,) = h["rounds"]
             assert only["errors"] == 0 and only["requests"] > 50, (key, name, only)
+            assert only["proxy_cpu_s"] > 0 and h["req_per_cpu_s"] > 0, (key, name, only)
         for name in subjects:
             r = cell["ratios"][f"{name}/chp"]
             assert r["rps"] == round(cell["http"][name]["rps"] / cell["http"]["chp"]["rps"], 3)
