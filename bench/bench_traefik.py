@@ -137,6 +137,10 @@ async def eventproxy_etcd_two(base: Path, etcd: Etcd) -> AsyncIterator[Variant]:
     )
     try:
         await proxy.get_all_routes()  # opens the log and the projection
+        # traefik's etcd provider retries its watch with a backoff until the root key exists:
+        # measure from when both replicas route the projection, not from their start-up
+        await proxy.add_route("/warm-up/", TARGET, {})
+        await proxy.delete_route("/warm-up/")
         yield Variant(proxy, lambda: [t.child.pid for t in replicas])
     finally:
         await proxy.stop()

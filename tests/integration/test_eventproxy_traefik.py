@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
+import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,34 @@ async def test_managed_traefik_file_provider(tmp_path: Path, backends: dict[str,
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_managed_traefik_serves_its_own_default_certificate(
+    tmp_path: Path, backends: dict[str, str]
+) -> None:
+    """Without a default certificate traefik generates an RSA key on every reload (most of a
+    reload's cost): a managed traefik is given a self-signed one, the key private to its owner,
+    and it is the certificate traefik serves (not one it made itself)."""
+    proxy = make_proxy(tmp_path)
+    proxy.public_url = f"https://{LOOPBACK}:{free_port()}/"  # TLS, but no ssl_cert/ssl_key
+    await proxy.start()
+    try:
+        assert proxy._traefik is not None and proxy._traefik.layout is not None
+        layout = proxy._traefik.layout
+        assert stat.S_IMODE(layout.default_key_path.stat().st_mode) == 0o600
+        written = layout.default_cert_path.read_text()
+        port = int(proxy.public_url.rsplit(":", 1)[1].strip("/"))
+        served = await asyncio.to_thread(ssl.get_server_certificate, (LOOPBACK, port))
+        assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(written)
+        await proxy.add_route("/user/tls/", backends["alice"], {})
+        async with httpx.AsyncClient(base_url=proxy.public_url, verify=False) as client:
+            r = await client.get("/user/tls/x")
+            assert r.status_code == 200 and r.text.startswith("alice GET /user/tls/x")
+        # a reload keeps serving the same certificate
+        served = await asyncio.to_thread(ssl.get_server_certificate, (LOOPBACK, port))
+        assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(written)
+    finally:
+        await proxy.stop()
 
 
 async def test_restart_resumes_without_rewriting(tmp_path: Path, backends: dict[str, str]) -> None:
