@@ -258,6 +258,8 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
                 self._follow_task = asyncio.create_task(
                     self._follow(log), name="eventproxy-follow-log"
                 )
+                if self._traefik is not None:
+                    self._traefik.start_following(log, lambda: self._table)
         return self._log
 
     # -- following the log -----------------------------------------------------------------
@@ -276,10 +278,15 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         while True:
             try:
                 async for record in log.watch(self._projection.seq + 1):
+                    before = self._projection.seq
                     self._apply_new((record,))
+                    if self._traefik is not None and self._projection.seq != before:
+                        self._traefik.changed()  # another writer's change: project it now
                 return  # the log was closed
             except CompactedError:
                 self._projection.reset(await log.load_table())
+                if self._traefik is not None:
+                    self._traefik.changed()
             except LogResetError as exc:
                 self.log.error(
                     "eventproxy: %s Following the log as it is now; JupyterHub's check_routes "
@@ -288,6 +295,8 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
                 )
                 log.accept_reset()
                 self._projection.reset(await log.load_table())
+                if self._traefik is not None:
+                    self._traefik.changed()
             except LogClosedError:
                 return
             except LogError as exc:

@@ -12,6 +12,8 @@ process itself (:mod:`.supervise`).
 * ``project(records, table)`` applies the records just appended (or re-projects the table
   when the projection is not exactly one batch behind, e.g. after a failed write);
 * ``confirm(seq, timeout)`` returns once the replicas route ``seq``;
+* ``changed()`` (the hub's log follower calls it) projects a change written by someone else
+  -- another hub, a repair -- at once, not on this hub's next write;
 * a background task scrapes each replica's metrics every ``activity_interval`` seconds.
 """
 
@@ -24,7 +26,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +152,9 @@ class TraefikPlane:
         self.activity = ActivityTracker()
         self.process: TraefikProcess | None = None
         self._scraper: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._projecting = asyncio.Lock()
         self._died: int | None = None
 
     def _make_projector(self) -> Projector:
@@ -266,11 +271,12 @@ class TraefikPlane:
             )
 
     async def stop(self) -> None:
-        if self._scraper is not None:
-            self._scraper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scraper
-            self._scraper = None
+        for task in (self._scraper, self._follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._scraper = self._follower = None
         if self.process is not None:
             await self.process.stop()
             self.process = None
@@ -295,14 +301,46 @@ class TraefikPlane:
 
     async def catch_up(self, log: RouteLog, table: RouteTable) -> None:
         """Project what the projection lacks of ``table``, reading the records from ``log``
-        (another task -- the log follower -- may have folded them into the table already)."""
-        if self.projector.seq == table.seq:
-            return
-        try:
-            records = await log.read(self.projector.seq + 1)
-        except CompactedError:
-            records = []
-        await self.project(records, table)
+        (another task -- the log follower -- may have folded them into the table already).
+        One projection write at a time: the hub's writes and the follower share the projector."""
+        async with self._projecting:
+            if self.projector.seq == table.seq:
+                return
+            try:
+                records = await log.read(self.projector.seq + 1)
+            except CompactedError:
+                records = []
+            await self.project(records, table)
+
+    # -- following the log: changes written by anyone else ------------------------------------
+    def changed(self) -> None:
+        """The table moved on without this hub writing (another hub, a repair): project it."""
+        self._changed.set()
+
+    def start_following(self, log: RouteLog, table: Callable[[], RouteTable]) -> None:
+        """Project every change of ``table()`` (signalled by :meth:`changed`) promptly, in as
+        few writes as the changes arrive in (a burst is coalesced: each write projects the whole
+        table as it is then)."""
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(
+                self._follow(log, table), name="eventproxy-traefik-follow"
+            )
+
+    async def _follow(self, log: RouteLog, table: Callable[[], RouteTable]) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            current = table()
+            try:
+                await self.catch_up(log, current)
+            except EventProxyError as exc:  # the store or the log: retried, never lost
+                self._log.error(
+                    "eventproxy: cannot project seq %d into traefik: %s; retrying in 1s",
+                    current.seq,
+                    exc,
+                )
+                await asyncio.sleep(1.0)
+                self._changed.set()
 
     async def confirm(self, seq: int, within: float) -> list[str]:
         if self._died is not None and self.settings.should_start:

@@ -20,7 +20,14 @@ from typing import Any
 import httpx
 import pytest
 
-from eventproxy import EventProxy, EventProxyError, VisibilityTimeoutError
+from eventproxy import (
+    EventProxy,
+    EventProxyError,
+    RouteAdded,
+    RouteRemoved,
+    VisibilityTimeoutError,
+    open_log,
+)
 from support import LOOPBACK, free_port
 from support.etcd import Etcd, require_etcd
 from support.traefik import require_traefik
@@ -191,6 +198,53 @@ async def test_managed_traefik_etcd_provider(
         assert any(k.startswith("ep1/http/routers/eventproxy-") for k in etcd.get_prefix("ep1/"))
     finally:
         await proxy.stop()
+
+
+async def test_another_writers_changes_reach_traefik_without_this_hub_writing(
+    tmp_path: Path, backends: dict[str, str], etcd: Etcd
+) -> None:
+    """Two writers on one etcd log: hub A (managed traefik, etcd provider) and writer B. Each of
+    B's changes -- single appends and a burst -- is routed by A's traefik while A writes
+    nothing; then A's own write is confirmed as before."""
+    log_url = f"etcd://{LOOPBACK}:{etcd.client_port}/two-writers"
+    hub = make_proxy(tmp_path, log_url=log_url, traefik_root_key="two-writers")
+    await hub.start()
+    other = await open_log(log_url)
+    try:
+        assert hub._traefik is not None
+        api = hub._traefik.apis[0]
+
+        async def routed(seq: int) -> None:  # the replica's own answer, polled; fails in 10 s
+            deadline = asyncio.get_running_loop().time() + 10
+            while await api.routed_seq("etcd") < seq:
+                assert asyncio.get_running_loop().time() < deadline, f"seq {seq} not routed"
+                await asyncio.sleep(0.01)
+
+        async with httpx.AsyncClient(base_url=hub.public_url) as client:
+            (seq,) = await other.append([RouteAdded("/user/b/", backends["bob"], {})])
+            await routed(seq)
+            r = await client.get("/user/b/x")
+            assert r.status_code == 200 and r.text.startswith("bob GET /user/b/x"), r.text
+            # a burst of 20 appends: all of it projected, the last seq routed
+            for k in range(20):
+                seqs = await other.append(
+                    [RouteAdded(f"/user/b{k}-{j}/", backends["bob"], {}) for j in range(10)]
+                )
+            await routed(seqs[-1])
+            for k in range(0, 20, 7):
+                assert (await client.get(f"/user/b{k}-9/")).status_code == 200
+            (seq,) = await other.append([RouteRemoved("/user/b/")])
+            await routed(seq)
+            assert (await client.get("/user/b/x")).status_code == 404
+            routes = await hub.get_all_routes()
+            assert len(routes) == 200 and "/user/b/" not in routes
+            # and the hub's own write is confirmed on return, as always
+            await hub.add_route("/user/a/", backends["alice"], {})
+            r = await client.get("/user/a/x")
+            assert r.status_code == 200 and r.text.startswith("alice"), r.text
+    finally:
+        await other.aclose()
+        await hub.stop()
 
 
 async def test_traefik_dying_is_reported(tmp_path: Path, backends: dict[str, str]) -> None:
