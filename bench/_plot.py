@@ -23,7 +23,7 @@ def plot_dataplane(results: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     matrix = results["matrix"]
-    cells = list(matrix)
+    cells = [k for k in results["parameters"].get("cells", []) if k in matrix] or list(matrix)
     names = target_order(sorted({n for c in matrix.values() for n in c["http"]}))
     subjects = [n for n in names if n not in ("direct", "chp")]
     fig = plt.figure(figsize=(17, 9.5))
@@ -79,7 +79,8 @@ def plot_dataplane(results: dict[str, Any], out: Path) -> Path:
         ax_ws.bar(i - 0.2, w["p50_us"], width=0.4, color="C1", label="p50" if i == 0 else None)
         ax_ws.bar(i + 0.2, w["p99_us"], width=0.4, color="C3", label="p99" if i == 0 else None)
     ax_ws.set_xticks(range(len(ws_names)), ws_names, rotation=30, fontsize=8)
-    ax_ws.set_title("WebSocket echo round trip (µs; bench backend)", fontsize=10)
+    ax_ws.set_yscale("log")
+    ax_ws.set_title("WebSocket echo round trip (µs, log scale; bench backend)", fontsize=10)
     ax_ws.legend(fontsize=8)
     ax_ws.grid(axis="y", alpha=0.3)
     p = results["parameters"]

@@ -18,7 +18,7 @@ def _names(matrix: dict[str, Any]) -> list[str]:
 def _table(
     matrix: dict[str, Any], rows: list[str], cell: Any, title: str, row_label: str = "target"
 ) -> list[str]:
-    cells = list(matrix)
+    cells = list(matrix)  # in the run's order (the caller passes it so)
     lines = [
         f"**{title}**",
         "",
@@ -38,7 +38,8 @@ def _status(c: dict[str, Any], name: str) -> str | None:
 
 def markdown_summary(results: dict[str, Any]) -> str:
     p = results["parameters"]
-    matrix = results["matrix"]
+    order = [k for k in p.get("cells", []) if k in results["matrix"]] or list(results["matrix"])
+    matrix = {k: results["matrix"][k] for k in order}
     names = _names(matrix)
     subjects = [n for n in names if n not in ("direct", "chp")]
     lines = [

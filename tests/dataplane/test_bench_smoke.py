@@ -346,10 +346,13 @@ def test_matrix_end_to_end_small(tmp_path: Path) -> None:
     )
     result = run_plan(plan, tmp_path)
     assert result["targets"]["nginx"]["direct"]["body_bytes"] == 100
-    assert result["targets"]["bench"]["inprocess"]["loop"].startswith("asyncio.")
-    nodes = [n for n in result["targets"]["bench"] if n.startswith("node-")]
-    assert nodes, result["targets"]
-    subjects = [*nodes, "inprocess"]
+    started = result["targets"]["bench"]
+    nodes = [n for n in started if n.startswith("node-")]
+    hubs = [n for n in started if n.startswith("inprocess")]
+    assert nodes and hubs, started
+    for name in hubs:  # EventProxy's plane on a stock asyncio loop, never uvloop
+        assert started[name]["loop"] == "asyncio.unix_events._UnixSelectorEventLoop"
+    subjects = [*nodes, *hubs]
     assert list(result["matrix"]) == [c.key for c in shapes()]
     for key, cell in result["matrix"].items():
         assert cell["errors"] == {}, (key, cell["errors"])
@@ -367,6 +370,8 @@ def test_matrix_end_to_end_small(tmp_path: Path) -> None:
     verdicts = result["verdicts"]
     for name in nodes:
         assert set(verdicts[f"{name} >= 2x chp"]["cells"]) == set(result["matrix"])
-    assert "inprocess websocket p50 <= chp" in verdicts
+    for name in hubs:
+        assert set(verdicts[f"{name} >= 1.5x chp"]["cells"]) == set(result["matrix"])
+        assert f"{name} websocket p50 <= chp" in verdicts
     text = markdown_summary(result)
     assert "nginx/t1/one" in text and "bench/t2/all" in text and "inprocess" in text
