@@ -121,14 +121,25 @@ async def _differences(
 ) -> tuple[list[Difference], int]:
     table = await log.load_table()
     if args.node:
-        url = args.node.rstrip("/") + "/health"
-        try:
-            async with httpx.AsyncClient(timeout=10) as client:
-                resp = await client.get(url)
-                doc = resp.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise EventProxyError(f"--node {args.node}: cannot read /health: {exc}") from None
-        return diff_node(doc, table), table.seq
+        base = args.node.rstrip("/")
+        docs: list[Any] = []
+        async with httpx.AsyncClient(timeout=30) as client:
+            for page in ("/health", "/routes"):
+                try:
+                    resp = await client.get(base + page)
+                    if page == "/routes" and resp.status_code == 404:
+                        docs.append(None)  # an older node: reported as a difference
+                        continue
+                    resp.raise_for_status()
+                    doc = resp.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    raise EventProxyError(
+                        f"--node {args.node}: cannot read {page}: {exc}"
+                    ) from None
+                if not isinstance(doc, dict):
+                    raise EventProxyError(f"--node {args.node}: {page} is not a JSON object")
+                docs.append(doc)
+        return diff_node(docs[0], docs[1], table), table.seq
     if isinstance(projector, TraefikFileProjector):
         return diff_file(await projector.read_text(), table), table.seq
     actual = await projector.read()

@@ -3,7 +3,8 @@ table in, a list of differences out (``eventproxy verify`` prints them).
 
 Targets: traefik's KV layout (every eventproxy key under the root: missing, changed, stale),
 a traefik file-provider file (every eventproxy router: missing, changed, stale; the applied
-seq; a file that is not TOML), and a data-plane node's ``/health`` (applied seq, route count).
+seq; a file that is not TOML), and a data-plane node (its applied seq from ``/health``, and
+every eventproxy router it has installed, from ``/routes``: missing, changed, stale).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .log import redact_url
+from .projection import plane_entry
 from .projectors.traefik_config import (
     MARKER,
     dynamic_document,
     kv_pairs,
     parse_toml_document,
 )
-from .table import RouteTable
-from .traefik import routespec_from_name
+from .table import RouteEntry, RouteTable
+from .traefik import NAME_PREFIX, name_for, routespec_from_name
 
 __all__ = ["Difference", "diff_file", "diff_kv", "diff_node"]
 
@@ -107,13 +110,42 @@ def diff_file(text: str | None, table: RouteTable) -> list[Difference]:
     return out
 
 
-def diff_node(health: Mapping[str, Any], table: RouteTable) -> list[Difference]:
-    """``health``: a data-plane node's ``GET /health`` document."""
+def _node_router(entry: RouteEntry) -> dict[str, Any]:
+    router, service = plane_entry(entry)
+    return {
+        "rule": router.rule,
+        "service": router.service,
+        "priority": router.priority,
+        "servers": [redact_url(s.url) for s in service.servers],
+    }
+
+
+def diff_node(
+    health: Mapping[str, Any], routes: Mapping[str, Any] | None, table: RouteTable
+) -> list[Difference]:
+    """A data-plane node against the log's fold: ``health`` is its ``GET /health`` document,
+    ``routes`` its ``GET /routes`` one (every installed router; ``None``: the node has no such
+    endpoint). Every eventproxy router is compared -- rule, service, priority, server URLs (with
+    credentials shown as ``***`` on both sides) -- missing, changed or stale; routers that are
+    not eventproxy's (a node's own ``--config``) are left out."""
     out: list[Difference] = []
     seq = health.get("applied_seq")
     if seq != table.seq:
         out.append(Difference("seq", "applied_seq", table.seq, seq))
-    routes = health.get("routes")
-    if routes is not None and routes != len(table):
-        out.append(Difference("routes", "routes", len(table), routes))
+    if routes is None or not isinstance(routes.get("routers"), Mapping):
+        out.append(Difference("unreadable", "routes", "GET /routes: the node's routers", None))
+        return out
+    have_all: Mapping[str, Any] = routes["routers"]
+    have = {n: r for n, r in have_all.items() if n.startswith(NAME_PREFIX)}
+    want = {name_for(e.routespec): _node_router(e) for e in table.values()}
+    for name in sorted(want.keys() | have.keys()):
+        expected, actual = want.get(name), have.get(name)
+        if expected == actual:
+            continue
+        if actual is None:
+            out.append(Difference("missing", name, expected, None))
+        elif expected is None:
+            out.append(Difference("stale", name, None, actual))
+        else:
+            out.append(Difference("changed", name, expected, actual))
     return out

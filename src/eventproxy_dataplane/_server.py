@@ -64,6 +64,15 @@ async def _housekeeping(state: ProxyState) -> None:
         tg.start_soon(state.pool.maintain)
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (what the admin API shows)."""
+    scheme, sep, rest = url.partition("://")
+    authority = rest.split("/", 1)[0]
+    if not sep or "@" not in authority:
+        return url
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
 class DataPlane:
     """One reverse-proxy node: route with ``table``, forward with ``settings``.
 
@@ -434,4 +443,31 @@ class DataPlane:
         if path == b"/activity":  # router -> last activity (ISO 8601, UTC)
             doc = {name: ts.isoformat() for name, ts in self.activity().items()}
             return 200, b"application/json", json.dumps(doc).encode() + b"\n"
-        return 404, b"text/plain; charset=utf-8", b"not found: try /health, /metrics or /activity\n"
+        if path == b"/routes":  # the routing table as it is installed (for `eventproxy verify`)
+            return 200, b"application/json", json.dumps(self.routes_document()).encode() + b"\n"
+        return (
+            404,
+            b"text/plain; charset=utf-8",
+            b"not found: try /health, /metrics, /activity or /routes\n",
+        )
+
+    def routes_document(self) -> dict[str, Any]:
+        """``GET /routes`` (read-only): every installed router -- rule, service, priority and
+        the service's server URLs, credentials in a URL replaced by ``***`` -- with the
+        ``applied_seq`` and ``generation`` it belongs to."""
+        table = self._table
+        routers: dict[str, Any] = {}
+        for name, spec in table.routers().items():
+            route = table.route(name)
+            servers = [_without_userinfo(s.url) for s in route.service.servers] if route else []
+            routers[name] = {
+                "rule": spec.rule,
+                "service": spec.service,
+                "priority": spec.priority,
+                "servers": servers,
+            }
+        return {
+            "applied_seq": self._status.get("applied_seq"),
+            "generation": self._state.metrics.config_generation,
+            "routers": routers,
+        }
