@@ -148,8 +148,16 @@ def static_config(
     layout: TraefikLayout,
     etcd_endpoints: list[str] | None = None,
     etcd_root: str = "traefik",
+    etcd_username: str = "",
+    etcd_password: str = "",
+    etcd_tls: bool = False,
+    etcd_ca_file: str = "",
+    etcd_cert_file: str = "",
+    etcd_key_file: str = "",
     log_level: str = "INFO",
 ) -> dict[str, Any]:
+    """traefik's static configuration. It may hold the etcd password: write it 0600
+    (:func:`eventproxy.projectors.file.atomic_write` with ``mode=0o600``)."""
     address, tls = public_address(public_url)
     web: dict[str, Any] = {
         "address": address,
@@ -163,7 +171,21 @@ def static_config(
         "file": {"directory": str(layout.dynamic_dir), "watch": True},
     }
     if etcd_endpoints:
-        providers["etcd"] = {"endpoints": list(etcd_endpoints), "rootKey": etcd_root}
+        etcd: dict[str, Any] = {"endpoints": list(etcd_endpoints), "rootKey": etcd_root}
+        if etcd_username:
+            etcd["username"] = etcd_username
+            etcd["password"] = etcd_password
+        if etcd_tls or etcd_ca_file or etcd_cert_file:
+            # traefik speaks TLS to etcd when the tls table is given (its CA: the system's
+            # bundle unless ``ca``); a client certificate needs both ``cert`` and ``key``
+            tls_doc: dict[str, str] = {}
+            if etcd_ca_file:
+                tls_doc["ca"] = etcd_ca_file
+            if etcd_cert_file and etcd_key_file:
+                tls_doc["cert"] = etcd_cert_file
+                tls_doc["key"] = etcd_key_file
+            etcd["tls"] = tls_doc
+        providers["etcd"] = etcd
     return {
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
         "log": {"level": log_level},

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -91,6 +92,11 @@ class TraefikSettings:
     activity_interval: float = 10.0
     start_timeout: float = 30.0
     etcd_options: EtcdOptions | None = None  # credentials and TLS for the KV projection
+
+
+def _absolute(path: str | None) -> str:
+    """traefik runs in its own directory: hand it absolute paths."""
+    return str(Path(path).resolve()) if path else ""
 
 
 def _free_loopback_port() -> int:
@@ -207,23 +213,29 @@ class TraefikPlane:
             atomic_write, self.layout.api_path, tomli_w.dumps(api_doc).encode()
         )
         etcd = None
+        credentials: dict[str, Any] = {}
         if self.etcd is not None:
-            if self.etcd.options.username or self.etcd.options.ca_file:
-                raise TraefikError(
-                    "a traefik started by eventproxy reads etcd without credentials or TLS; "
-                    "run traefik yourself (should_start = False) for an authenticated etcd"
-                )
             etcd = [urlsplit(e).netloc for e in self.etcd.endpoints]
+            o = self.etcd.options
+            credentials = {
+                "etcd_username": o.username or "",
+                "etcd_password": o.password or "",
+                "etcd_tls": any(e.startswith("https:") for e in self.etcd.endpoints),
+                "etcd_ca_file": _absolute(o.ca_file),
+                "etcd_cert_file": _absolute(o.cert_file),
+                "etcd_key_file": _absolute(o.key_file),
+            }
         static = static_config(
             public_url=s.public_url,
             api_port=self._api_port,
             layout=self.layout,
             etcd_endpoints=etcd,
             etcd_root=s.root_key,
+            **credentials,
         )
-        await anyio.to_thread.run_sync(
-            atomic_write, self.layout.static_path, tomli_w.dumps(static).encode()
-        )
+        # it may hold the etcd password: owner-only (in a 0700 directory), never in argv
+        data, static_path = tomli_w.dumps(static).encode(), self.layout.static_path
+        await anyio.to_thread.run_sync(lambda: atomic_write(static_path, data, mode=0o600))
         self.process = TraefikProcess(
             executable, self.layout.static_path, self._log, on_exit=self._exited
         )

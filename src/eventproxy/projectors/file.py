@@ -31,12 +31,14 @@ from .traefik_config import parse_toml_document, toml_document
 __all__ = ["TraefikFileProjector", "atomic_write"]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory.
+    ``mode`` is set before any byte is written (0o600 for a file holding a secret)."""
     directory = path.parent
     tmp = directory / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # whatever the umask, and if a stale temp file existed
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
