@@ -132,6 +132,12 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
     backend_connect_timeout = Float(
         10.0, config=True, help="Seconds to connect to a single-user server."
     )
+    data_plane_parser = Unicode(
+        "auto",
+        config=True,
+        help="""HTTP/1.1 parser of the in-process data plane: "h11" (the reference),
+        "httptools" (llhttp, the fast extra) or "auto" (httptools when it is installed).""",
+    )
 
     data_plane_endpoints = List(
         Unicode(),
@@ -361,6 +367,7 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             connect_timeout=self.backend_connect_timeout,
             # as configurable-http-proxy: JupyterHub's error page then says "server down"
             backend_down_status=503,
+            parser=self.data_plane_parser,
         )
         self._plane = DataPlane(RoutingTable(), settings)
         self._projection.attach(self._plane)

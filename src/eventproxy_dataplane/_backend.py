@@ -1,12 +1,14 @@
-"""Connections to backend servers: one h11 client connection per socket, pooled per server.
+"""Connections to backend servers: one response parser per socket, pooled per server.
 
-Theory of operation: a :class:`BackendConnection` is an anyio byte stream plus an
-``h11.Connection(CLIENT)``. Every transport or protocol failure is translated into a
+Theory of operation: a :class:`BackendConnection` is an anyio byte stream plus a response
+parser (:mod:`._http`; h11 or httptools as ``ProxySettings.parser`` says). Every transport or
+protocol failure is translated into a
 :class:`BackendError` subclass here, so the proxy never sees a raw ``OSError`` or an anyio
 exception.
 
-The :class:`BackendPool` keeps idle connections whose last exchange ended cleanly (both h11
-sides ``DONE``): per server URL a LIFO stack (the warmest is reused first), and across all
+The :class:`BackendPool` keeps idle connections whose last exchange ended cleanly (the request
+was sent whole, the response read whole and it kept the connection alive): per server URL a
+LIFO stack (the warmest is reused first), and across all
 servers one list in idle order (oldest first). A connection is *checked out* by ``acquire`` and
 comes back by ``release`` (pooled, or closed if it cannot be reused) or by its own ``aclose``.
 What bounds the pool, so that a proxy whose users start and stop servers all day holds no more
@@ -41,13 +43,23 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import h11
 
 from ._errors import (
     BackendConnectError,
     BackendError,
     BackendProtocolError,
     BackendTimeoutError,
+)
+from ._http import (
+    NEED_DATA,
+    Body,
+    EndOfMessage,
+    ParseError,
+    ResponseEvent,
+    ResponseHead,
+    ResponseParser,
+    ResponseParserFactory,
+    parser_classes,
 )
 from ._proxy_fast import connect_fast, fast_edge_available
 from ._settings import ProxySettings
@@ -82,9 +94,19 @@ class ServerAddress:
 
 
 class BackendConnection:
-    """One socket to a backend and the h11 client state machine that frames it."""
+    """One socket to a backend and the response parser that frames what it sends."""
 
-    __slots__ = ("address", "h11", "idle_since", "pool", "read_size", "stream", "tls")
+    __slots__ = (
+        "address",
+        "idle_since",
+        "parser",
+        "pool",
+        "read_size",
+        "request_sent",
+        "response_done",
+        "stream",
+        "tls",
+    )
 
     def __init__(
         self,
@@ -92,10 +114,17 @@ class BackendConnection:
         stream: anyio.abc.ByteStream,
         settings: ProxySettings,
         pool: BackendPool | None = None,
+        parser: ResponseParser | None = None,
     ) -> None:
         self.address = address
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=settings.max_header_bytes)
+        if parser is None:
+            parser = parser_classes(settings.parser)[1](settings.max_header_bytes)
+        self.parser = parser
+        # the current exchange: the whole request went out / the whole response came back and
+        # allows the connection to be reused
+        self.request_sent = False
+        self.response_done = False
         self.read_size = settings.read_size
         self.idle_since = 0.0
         self.tls = address.tls
@@ -111,20 +140,27 @@ class BackendConnection:
                 f"backend {self.address.url} closed the connection while we sent: {exc!r}"
             ) from None
 
-    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
-        """The next h11 event, reading from the socket as needed."""
-        conn = self.h11
+    def start(self, method: bytes, *, upgrade: bool = False, request_sent: bool = True) -> None:
+        """A new exchange: the response answers ``method`` (``upgrade``: a 101 is expected);
+        ``request_sent``: the request is sent whole at once (else the body is streamed)."""
+        self.parser.expect(method, upgrade=upgrade)
+        self.request_sent = request_sent
+        self.response_done = False
+
+    async def next_event(self) -> ResponseEvent:
+        """The next parser event (never ``NEED_DATA``), reading from the socket as needed."""
+        parser = self.parser
         while True:
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
+                event = parser.next_event()
+            except ParseError as exc:
                 raise BackendProtocolError(
-                    f"backend {self.address.url} sent invalid HTTP: {exc}"
+                    f"backend {self.address.url} sent invalid HTTP: {exc.reason}"
                 ) from None
-            if event is not h11.NEED_DATA:
-                if type(event) is h11.ConnectionClosed:
-                    raise BackendProtocolError(f"backend {self.address.url} closed the connection")
-                return event  # type: ignore[return-value]
+            if event is not NEED_DATA:
+                return event
+            if parser.eof:
+                raise BackendProtocolError(f"backend {self.address.url} closed the connection")
             try:
                 data = await self.stream.receive(self.read_size)
             except anyio.EndOfStream:
@@ -133,11 +169,11 @@ class BackendConnection:
                 raise BackendProtocolError(
                     f"backend {self.address.url} reset the connection: {exc!r}"
                 ) from None
-            conn.receive_data(data)
+            parser.feed(data)
 
     @property
     def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        return self.request_sent and self.response_done
 
     def fileno(self) -> int:
         """The socket's file descriptor, or -1 (no raw socket, or closed)."""
@@ -180,6 +216,7 @@ class BackendPool:
         self._addresses: dict[str, ServerAddress] = {}
         self._ssl_context = ssl_context
         self._sweep_every = min(1.0, settings.pool_idle_timeout / 4)
+        self._new_parser: ResponseParserFactory = parser_classes(settings.parser)[1]
         self.opened = 0
         # why idle connections were closed: "timeout", "peer_closed", "cap", "retired"
         self.closed: dict[str, int] = {"timeout": 0, "peer_closed": 0, "cap": 0, "retired": 0}
@@ -276,7 +313,9 @@ class BackendPool:
         except (OSError, anyio.BrokenResourceError, ssl.SSLError) as exc:
             raise BackendConnectError(f"cannot connect to backend {url}: {exc}") from None
         self.opened += 1
-        return BackendConnection(addr, stream, settings)
+        return BackendConnection(
+            addr, stream, settings, parser=self._new_parser(settings.max_header_bytes)
+        )
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -300,7 +339,8 @@ class BackendPool:
         elif len(self._order) >= settings.pool_max_idle_total:
             self._drop(next(iter(self._order)), "cap")  # the oldest of all
         stack = self._idle.setdefault(url, [])
-        conn.h11.start_next_cycle()
+        conn.parser.start_next_cycle()
+        conn.request_sent = conn.response_done = False
         conn.idle_since = time.monotonic()
         stack.append(conn)
         self._order[conn] = None
@@ -410,18 +450,19 @@ async def fetch(pool: BackendPool, url: str, *, max_body: int = 1 << 20) -> Fetc
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     conn, _ = await pool.acquire(f"{parts.scheme}://{parts.netloc}")
     try:
-        request = h11.Request(
-            method="GET",
-            target=target.encode("ascii"),
-            headers=[(b"host", conn.address.netloc), (b"accept", b"text/html, */*")],
-        )
-        await conn.send(conn.h11.send(request) + (conn.h11.send(h11.EndOfMessage()) or b""))
+        head = (
+            b"GET " + target.encode("ascii") + b" HTTP/1.1\r\nhost: " + conn.address.netloc
+            + b"\r\naccept: text/html, */*\r\n\r\n"
+        )  # fmt: skip
+        conn.start(b"GET")
+        await conn.send(head)
         event = await conn.next_event()
-        while type(event) is h11.InformationalResponse:
+        while type(event) is ResponseHead and event.status < 200:
             event = await conn.next_event()
-        if type(event) is not h11.Response:
+        if type(event) is not ResponseHead:
             raise BackendProtocolError(f"{url} sent no response")
-        status = event.status_code
+        status = event.status
+        keep_alive = event.keep_alive
         content_type = None
         for name, value in event.headers:
             if name == b"content-type":
@@ -429,11 +470,12 @@ async def fetch(pool: BackendPool, url: str, *, max_body: int = 1 << 20) -> Fetc
         body = bytearray()
         while True:
             event = await conn.next_event()
-            if type(event) is h11.Data:
+            if type(event) is Body:
                 body += event.data
                 if len(body) > max_body:
                     raise BackendProtocolError(f"{url} sent more than {max_body} bytes")
-            elif type(event) is h11.EndOfMessage:
+            elif type(event) is EndOfMessage:
+                conn.response_done = keep_alive
                 break
             else:
                 raise BackendProtocolError(f"{url} sent an unexpected {event!r}")

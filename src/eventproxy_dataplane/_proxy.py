@@ -1,4 +1,4 @@
-"""One client connection of the reverse proxy: the anyio I/O edge around two h11 machines.
+"""One client connection of the reverse proxy: the anyio I/O edge around two parsers.
 
 Theory of operation (the connection lifecycle):
 
@@ -16,15 +16,19 @@ Theory of operation (the connection lifecycle):
     failure after the head was sent closes the client connection (the client sees a truncated
     response, never a hang)
       ▼
-    both h11 machines DONE: backend connection back to the pool, next request (pipelined
-    requests are answered in order because h11 pauses until ``start_next_cycle``)
+    request and response both complete: backend connection back to the pool, next request
+    (pipelined requests are answered in order: the request parser pauses until
+    ``start_next_cycle``)
 
 Timeouts: a connection sets ``deadline`` (and ``phase``: idle, header or backend) while it waits;
 the listener's :func:`watchdog` cancels the connection's scope once the deadline has passed, and
 the connection then answers 408 or 504 (as the phase calls for) and closes.
 
 This module owns sockets, timeouts and tasks. What a request may contain and which headers are
-forwarded is decided by the pure functions of :mod:`._proxy_headers`; h11 does the framing.
+forwarded is decided by the pure functions of :mod:`._proxy_headers`; the parsers of
+:mod:`._http` (h11 or httptools, ``ProxySettings.parser``) frame what comes in, :mod:`._wire`
+serialises what goes out (the response to the client is re-framed: a backend body without a
+length goes to an HTTP/1.1 client chunked, to an HTTP/1.0 client delimited by closing).
 The routing table is read once per request: a request routed before a table swap finishes on the
 backend it was routed to.
 """
@@ -38,7 +42,6 @@ from urllib.parse import quote
 
 import anyio
 import anyio.abc
-import h11
 
 from ._activity import Activity
 from ._backend import BackendConnection, BackendPool, fetch
@@ -47,6 +50,18 @@ from ._errors import (
     BackendError,
     BackendProtocolError,
     BackendTimeoutError,
+)
+from ._http import (
+    NEED_DATA,
+    PAUSED,
+    Body,
+    EndOfMessage,
+    ParseError,
+    RequestEvent,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    parser_classes,
 )
 from ._metrics import Metrics
 from ._proxy_headers import (
@@ -58,27 +73,19 @@ from ._proxy_headers import (
     trailer_fields,
 )
 from ._settings import ProxySettings
+from ._wire import chunk, last_chunk, reason, request_head, response_head
 from ._ws import relay
 
 logger = logging.getLogger("eventproxy_dataplane.proxy")
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _TRANSPORT_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-_EOM = h11.EndOfMessage()
 _NEVER = float("inf")
 # what a connection is waiting for when its deadline passes
 _IDLE, _HEADER, _BACKEND = 0, 1, 2
-_REASONS = {
-    400: b"Bad Request",
-    404: b"Not Found",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    431: b"Request Header Fields Too Large",
-    501: b"Not Implemented",
-    505: b"HTTP Version Not Supported",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
+# how much of the current response went to the client
+_NOTHING, _HEAD_SENT, _DONE = 0, 1, 2
+# how the response body is framed for the client
+_F_NONE, _F_RAW, _F_CHUNKED, _F_CLOSE = 0, 1, 2, 3
 _BODIES = {
     404: b"404 page not found\n",
     502: b"502 Bad Gateway\n",
@@ -120,6 +127,7 @@ class ProxyState:
         "clock",
         "connections",
         "metrics",
+        "new_request_parser",
         "pool",
         "round_robin",
         "settings",
@@ -134,6 +142,7 @@ class ProxyState:
         self.activity = Activity(settings.activity_interval)
         self.round_robin: dict[str, int] = {}
         self.connections: set[ClientConnection] = set()
+        self.new_request_parser = parser_classes(settings.parser)[0]
         # the event loop's clock (what cancel-scope deadlines use); set_clock() picks a cheap one
         self.clock: Callable[[], float] = anyio.current_time
 
@@ -185,12 +194,8 @@ class _BodyTooLarge(_RequestBodyError):
     status = 413
 
 
-def _status_line_reason(status: int) -> bytes:
-    return _REASONS.get(status, b"")
-
-
 def _generic(status: int) -> bytes:
-    return b"%d %s\n" % (status, _REASONS.get(status, b"Error"))
+    return b"%d %s\n" % (status, reason(status) or b"Error")
 
 
 class ClientConnection:
@@ -198,16 +203,21 @@ class ClientConnection:
 
     __slots__ = (
         "body_budget",
+        "client_11",
         "client_ip",
-        "conn",
+        "close_after",
         "deadline",
         "head",
+        "parser",
         "phase",
         "proto",
         "read_size",
+        "request",
+        "request_done",
         "router",
         "scope",
         "seen",
+        "sent",
         "settings",
         "state",
         "status",
@@ -232,13 +242,16 @@ class ClientConnection:
         self.proto = b"https" if tls else b"http"
         self.trusted = state.settings.trusts(client_ip)  # keep its X-Forwarded-* headers
         self.read_size = state.settings.read_size
-        self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=state.settings.max_header_bytes
-        )
+        self.parser: RequestParser = state.new_request_parser(state.settings.max_header_bytes)
         self.head = False
         self.target = b""
         self.router = ""  # the current request's router ("" before routing / without a route)
         self.status = 0  # the status sent for the current request (0: none yet)
+        self.request: RequestHead | None = None
+        self.request_done = False  # the current request's EndOfMessage was read
+        self.client_11 = True  # the current request is HTTP/1.1 (else 1.0)
+        self.sent = _NOTHING  # how much of the current response went out
+        self.close_after = False  # close the connection once the current response is out
         # Timeouts: the listener's watchdog cancels ``scope`` once ``deadline`` (on the loop's
         # clock) has passed; ``phase`` says what was awaited. Setting a deadline is two
         # attribute writes instead of a cancel scope and a timer per wait.
@@ -277,10 +290,13 @@ class ClientConnection:
     async def _serve(self) -> None:
         metrics = self.state.metrics
         first = True
-        conn = self.conn
+        parser = self.parser
         while True:
             self.router = ""
             self.status = 0
+            self.sent = _NOTHING
+            self.close_after = False
+            self.request_done = False
             try:
                 request = await self._read_request(first)
                 if request is None:
@@ -290,9 +306,14 @@ class ClientConnection:
             finally:
                 if self.status:
                     metrics.count_response(self.router, self.status)
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            if (
+                self.sent != _DONE
+                or not self.request_done
+                or self.close_after
+                or not request.keep_alive
+            ):
                 return
-            conn.start_next_cycle()
+            parser.start_next_cycle()
 
     async def _timed_out(self) -> None:
         """The watchdog fired: answer what the phase calls for, then the connection closes."""
@@ -302,7 +323,7 @@ class ClientConnection:
             self.state.metrics.count_response(self.router, 408)
         elif phase == _BACKEND:
             self.state.metrics.count_backend_error(self.router, "timeout")
-            if self.conn.our_state is h11.SEND_RESPONSE:
+            if self.sent == _NOTHING:
                 await self._send_error(504, close=True)
                 self.state.metrics.count_response(self.router, 504)
 
@@ -320,29 +341,26 @@ class ClientConnection:
         except _TRANSPORT_ERRORS:
             raise _CloseClient from None
 
-    async def _read_request(self, first: bool) -> h11.Request | None:
-        conn = self.conn
+    async def _read_request(self, first: bool) -> RequestHead | None:
+        parser = self.parser
+        self.request = None
         try:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
+            event = parser.next_event()
+            if event is NEED_DATA and not parser.eof:
                 event = await self._read_request_slowly(first)
-        except h11.RemoteProtocolError as exc:
+        except ParseError as exc:
             # The detail goes to the debug log only: it quotes what the client sent.
-            logger.debug("refusing a malformed request: %s", exc)
-            await self._send_simple(
-                exc.error_status_hint, _generic(exc.error_status_hint), close=True
-            )
+            logger.debug("refusing a malformed request: %s", exc.reason)
+            await self._send_simple(exc.status, _generic(exc.status), close=True)
             return None
-        if type(event) is h11.Request:
+        if type(event) is RequestHead:
             return event
         return None
 
-    async def _read_request_slowly(
-        self, first: bool
-    ) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+    async def _read_request_slowly(self, first: bool) -> RequestEvent:
         """Read until a request head is complete, under the header and idle timeouts."""
         settings = self.settings
-        conn = self.conn
+        parser = self.parser
         clock = self.state.clock
         timeout = settings.header_timeout if first else settings.idle_timeout
         self.phase = _HEADER if first else _IDLE
@@ -356,24 +374,23 @@ class ClientConnection:
                     self.phase = _HEADER
                     timeout = settings.header_timeout
                     self.deadline = clock() + timeout if timeout is not None else _NEVER
-            conn.receive_data(data)
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
+            parser.feed(data)
+            event = parser.next_event()
+            if event is not NEED_DATA or parser.eof:
                 self.deadline = _NEVER
                 return event
 
     # -- one request -----------------------------------------------------------------------
 
-    async def _handle(self, request: h11.Request) -> None:
+    async def _handle(self, request: RequestHead) -> None:
         state = self.state
-        conn = self.conn
+        parser = self.parser
         self.upgrade = False
+        self.request = request
         self.head = request.method == b"HEAD"
         self.target = request.target
+        self.client_11 = request.http_version == b"1.1"
         settings = self.settings
-        if request.http_version[0] != 49:  # not 1.x: h11 reads any digit.digit (HTTP/2.0, 0.9)
-            await self._send_simple(505, _generic(505), close=True)
-            return
         prepared = prepare_request(
             request.target,
             request.headers,
@@ -391,26 +408,28 @@ class ClientConnection:
         route = state.table.lookup(host, prepared.path)
         # Take what the client already sent of the body: one write to the backend, and framing
         # errors (a bad chunk size) are caught before any backend sees the request.
-        events: list[h11.Event] = []
+        events: list[Body | EndOfMessage] = []
         try:
             while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA or event is h11.PAUSED:
+                event = parser.next_event()
+                if event is NEED_DATA or event is PAUSED:
                     break
-                if type(event) is h11.EndOfMessage:
-                    events.append(_request_eom(event))
+                if type(event) is EndOfMessage:
+                    events.append(event)
+                    self.request_done = True
                     break
-                events.append(event)  # type: ignore[arg-type]
-        except h11.RemoteProtocolError as exc:
-            logger.debug("refusing a malformed request body: %s", exc)
-            await self._send_simple(400, _generic(400), close=True)
+                if type(event) is Body:
+                    events.append(event)
+        except ParseError as exc:
+            logger.debug("refusing a malformed request body: %s", exc.reason)
+            await self._send_simple(exc.status, _generic(exc.status), close=True)
             return
-        complete = conn.their_state is not h11.SEND_BODY
+        complete = self.request_done
         self.body_budget = None
         if prepared.chunked and settings.max_body_bytes is not None:
             budget = settings.max_body_bytes
             for event in events:
-                if type(event) is h11.Data:
+                if type(event) is Body:
                     budget -= len(event.data)
             if budget < 0:
                 await self._send_simple(413, _generic(413), close=True)
@@ -431,9 +450,9 @@ class ClientConnection:
     async def _forward(
         self,
         route: RouteLike,
-        request: h11.Request,
+        request: RequestHead,
         prepared: PreparedRequest,
-        events: list[h11.Event],
+        events: list[Body | EndOfMessage],
         complete: bool,
     ) -> int:
         """Send the request to a backend of the route and relay the answer; the status sent."""
@@ -449,23 +468,21 @@ class ClientConnection:
         except BackendError:
             state.metrics.count_backend_error(router, "bad_url")
             return await self._backend_failed(502)
-        backend_request = h11.Request(
-            method=request.method,
-            target=prepared.path,
-            headers=backend_headers(
-                prepared,
-                backend_host=(
-                    None
-                    if service.pass_host_header and prepared.host is not None
-                    else address.netloc  # also for an HTTP/1.0 request without Host
-                ),
-                client_ip=self.client_ip,
-                proto=self.proto,
+        headers = backend_headers(
+            prepared,
+            backend_host=(
+                None
+                if service.pass_host_header and prepared.host is not None
+                else address.netloc  # also for an HTTP/1.0 request without Host
             ),
-            # h11 validated every byte of it on the way in, and what we add is ours (no
-            # client bytes): skip h11's per-field regex validation on the hot path
-            _parsed=True,
+            client_ip=self.client_ip,
+            proto=self.proto,
         )
+        chunked = prepared.chunked
+        parts = [request_head(request.method, prepared.path, headers)]
+        for event in events:
+            parts.append(_request_bytes(event, chunked))
+        data = b"".join(parts)
         websocket = prepared.websocket and complete
         for attempt in (0, 1):
             try:
@@ -476,7 +493,7 @@ class ClientConnection:
             retry_ok = reused and complete and attempt == 0 and request.method in _IDEMPOTENT
             try:
                 status = await self._exchange(
-                    backend, router, backend_request, events, complete, websocket, retry_ok
+                    backend, router, request.method, data, complete, websocket, retry_ok, chunked
                 )
             except _Retry:
                 await backend.aclose()
@@ -492,29 +509,27 @@ class ClientConnection:
         self,
         backend: BackendConnection,
         router: str,
-        backend_request: h11.Request,
-        events: list[h11.Event],
+        method: bytes,
+        data: bytes,
         complete: bool,
         websocket: bool,
         retry_ok: bool,
+        chunked: bool,
     ) -> int:
         state = self.state
-        h = backend.h11
         try:
-            parts = [h.send(backend_request) or b""]
-            for event in events:
-                parts.append(h.send(event) or b"")
-            await backend.send(b"".join(parts))
+            backend.start(method, upgrade=websocket, request_sent=complete)
+            await backend.send(data)
             if complete:
                 return await self._relay_response(backend, router, websocket, retry_ok)
-            return await self._relay_with_body(backend, router)
+            return await self._relay_with_body(backend, router, chunked)
         except BackendError as exc:
             if retry_ok and not isinstance(exc, BackendTimeoutError):
                 raise _Retry from None
             state.metrics.count_backend_error(router, _kind(exc))
             return await self._backend_failed(exc.status)
 
-    async def _relay_with_body(self, backend: BackendConnection, router: str) -> int:
+    async def _relay_with_body(self, backend: BackendConnection, router: str, chunked: bool) -> int:
         """Relay the response while a second task streams the rest of the request body."""
         failure: list[BaseException] = []
         status = 0
@@ -522,7 +537,7 @@ class ClientConnection:
 
             async def pump() -> None:
                 try:
-                    await self._pump_request_body(backend)
+                    await self._pump_request_body(backend, chunked)
                 except (_RequestBodyError, _CloseClient, BackendError) as exc:
                     failure.append(exc)
                     tg.cancel_scope.cancel()
@@ -542,25 +557,28 @@ class ClientConnection:
             raise first
         return status
 
-    async def _pump_request_body(self, backend: BackendConnection) -> None:
-        conn = self.conn
-        h = backend.h11
+    async def _pump_request_body(self, backend: BackendConnection, chunked: bool) -> None:
+        parser = self.parser
         while True:
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise _RequestBodyError(str(exc)) from None
-            if event is h11.NEED_DATA:
-                conn.receive_data(await self._recv())
+                event = parser.next_event()
+            except ParseError as exc:
+                raise _RequestBodyError(exc.reason) from None
+            if event is NEED_DATA:
+                if parser.eof:
+                    raise _RequestBodyError("the client closed inside the request body")
+                parser.feed(await self._recv())
                 continue
-            if type(event) is h11.Data:
+            if type(event) is Body:
                 if self.body_budget is not None:
                     self.body_budget -= len(event.data)
                     if self.body_budget < 0:
                         raise _BodyTooLarge("chunked request body above max_body_bytes")
-                await backend.send(h.send(event) or b"")
-            elif type(event) is h11.EndOfMessage:
-                await backend.send(h.send(_request_eom(event)) or b"")
+                await backend.send(chunk(event.data) if chunked else event.data)
+            elif type(event) is EndOfMessage:
+                self.request_done = True
+                await backend.send(_request_bytes(event, chunked))
+                backend.request_sent = True
                 return
             else:
                 return
@@ -568,7 +586,6 @@ class ClientConnection:
     async def _relay_response(
         self, backend: BackendConnection, router: str, websocket: bool, retry_ok: bool
     ) -> int:
-        conn = self.conn
         settings = self.settings
         timeout = settings.backend_response_timeout
         if timeout is not None:
@@ -576,63 +593,69 @@ class ClientConnection:
             self.deadline = self.state.clock() + timeout
         try:
             event = await backend.next_event()
-            while type(event) is h11.InformationalResponse:
-                if event.status_code == 101 and websocket:
-                    break
-                await self._send(
-                    conn.send(
-                        h11.InformationalResponse(
-                            status_code=event.status_code,
-                            headers=response_headers(event.headers),
-                            reason=event.reason,
-                        )
+            while type(event) is ResponseHead and event.status < 200:
+                if event.status == 101:
+                    if websocket:
+                        break
+                    raise BackendProtocolError(
+                        f"backend {backend.address.url} switched protocols unasked"
                     )
-                    or b""
-                )
+                if self.client_11:
+                    await self._send(
+                        response_head(event.status, event.reason, response_headers(event.headers))
+                    )
                 event = await backend.next_event()
         finally:
             self.deadline = _NEVER
-        if type(event) is h11.InformationalResponse:
-            return await self._switch_to_websocket(backend, router, event)
-        if type(event) is not h11.Response:
+        if type(event) is not ResponseHead:
             raise BackendProtocolError(f"backend {backend.address.url} sent {event!r}")
-        status = self.status = event.status_code
+        if event.status == 101:
+            return await self._switch_to_websocket(backend, router, event)
+        status = self.status = event.status
         headers = response_headers(event.headers)
-        if self.upgrade:  # the upgrade was refused: the client will not reuse this connection
-            headers.append((b"connection", b"close"))
-        head = conn.send(
-            h11.Response(
-                status_code=status,
-                headers=headers,
-                reason=event.reason,
-                _parsed=True,  # validated by h11 when it parsed the backend's response
-            )
-        )
-        parts = [head or b""]
-        h = backend.h11
+        if self.head or status == 204 or status == 304:
+            framing = _F_NONE
+        elif event.content_length is not None:
+            framing = _F_RAW
+        elif self.client_11:
+            framing = _F_CHUNKED
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        else:
+            framing = _F_CLOSE
+        request = self.request
+        if self.upgrade or framing == _F_CLOSE or (request is not None and not request.keep_alive):
+            # the client will not (or cannot) reuse this connection
+            headers.append((b"Connection", b"close"))
+            self.close_after = True
+        parts = [response_head(status, event.reason, headers)]
+        self.sent = _HEAD_SENT
+        parser = backend.parser
         while True:
             broken = finished = False
             while True:
                 try:
-                    event2 = h.next_event()
-                except h11.RemoteProtocolError:
+                    event2 = parser.next_event()
+                except ParseError:
                     broken = True
                     break
-                if event2 is h11.NEED_DATA:
-                    break
                 kind = type(event2)
-                if kind is h11.Data:
-                    parts.append(conn.send(event2) or b"")  # type: ignore[arg-type]
-                elif kind is h11.EndOfMessage:
-                    eom = self._response_eom(event2)  # type: ignore[arg-type]
-                    parts.append(conn.send(eom) or b"")
+                if kind is Body:
+                    if framing == _F_CHUNKED:
+                        parts.append(chunk(event2.data))  # type: ignore[union-attr]
+                    elif framing != _F_NONE:
+                        parts.append(event2.data)  # type: ignore[union-attr]
+                elif kind is EndOfMessage:
+                    if framing == _F_CHUNKED:
+                        parts.append(last_chunk(trailer_fields(event2.trailers)))  # type: ignore[union-attr]
                     finished = True
                     break
                 else:
-                    broken = True
+                    broken = event2 is not NEED_DATA or parser.eof
                     break
             await self._send(parts[0] if len(parts) == 1 else b"".join(parts))
             if finished:
+                self.sent = _DONE
+                backend.response_done = event.keep_alive
                 return status
             if broken:
                 self.state.metrics.count_backend_error(router, "reset")
@@ -645,39 +668,22 @@ class ClientConnection:
             except _TRANSPORT_ERRORS:
                 self.state.metrics.count_backend_error(router, "reset")
                 raise _CloseClient from None
-            h.receive_data(data)
-
-    def _response_eom(self, event: h11.EndOfMessage) -> h11.EndOfMessage:
-        """The end of a response for the client: the backend's allowed trailer fields when the
-        client's response is chunked (h11 frames an HTTP/1.0 client's response by closing)."""
-        if not event.headers:
-            return _EOM
-        fields = trailer_fields(event.headers)
-        if not fields or self.conn.their_http_version != b"1.1":
-            return _EOM
-        return h11.EndOfMessage(headers=fields, _parsed=True)
+            parser.feed(data)
 
     async def _switch_to_websocket(
-        self, backend: BackendConnection, router: str, event: h11.InformationalResponse
+        self, backend: BackendConnection, router: str, event: ResponseHead
     ) -> int:
-        conn = self.conn
         self.status = 101
+        self.sent = _DONE
         await self._send(
-            conn.send(
-                h11.InformationalResponse(
-                    status_code=101,
-                    headers=response_headers(event.headers, switching=True),
-                    reason=event.reason,
-                )
-            )
-            or b""
+            response_head(101, event.reason, response_headers(event.headers, switching=True))
         )
         activity = self.state.activity
         await relay(
             self.stream,
             backend.stream,
-            client_pending=conn.trailing_data[0],
-            backend_pending=backend.h11.trailing_data[0],
+            client_pending=self.parser.take_trailing(),
+            backend_pending=backend.parser.take_trailing(),
             on_traffic=lambda: activity.touch(router),
             read_size=self.read_size,
         )
@@ -687,12 +693,11 @@ class ClientConnection:
 
     async def _backend_failed(self, status: int) -> int:
         """Answer ``status`` for a backend failure when no response has started yet."""
-        conn = self.conn
-        if conn.our_state is not h11.SEND_RESPONSE:
+        if self.sent != _NOTHING:
             raise _CloseClient
         if status == 502:
             status = self.settings.backend_down_status
-        await self._send_error(status, close=conn.their_state is h11.SEND_BODY)
+        await self._send_error(status, close=not self.request_done)
         return status
 
     async def _send_error(self, status: int, *, close: bool) -> None:
@@ -717,37 +722,32 @@ class ClientConnection:
     async def _send_simple(
         self, status: int, body: bytes, *, close: bool, content_type: bytes = _TEXT
     ) -> None:
-        conn = self.conn
-        if conn.our_state is not h11.IDLE and conn.our_state is not h11.SEND_RESPONSE:
+        if self.sent != _NOTHING:
             raise _CloseClient
         self.status = status
+        self.sent = _DONE
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-        if close or self.upgrade:
-            headers.append((b"connection", b"close"))
-        try:
-            data = conn.send(
-                h11.Response(
-                    status_code=status, headers=headers, reason=_status_line_reason(status)
-                )
-            )
-            parts = [data or b""]
-            if body and not self.head:
-                parts.append(conn.send(h11.Data(data=body)) or b"")
-            parts.append(conn.send(_EOM) or b"")
-        except h11.LocalProtocolError:
-            raise _CloseClient from None
-        await self._send(b"".join(parts))
+        request = self.request
+        if close or self.upgrade or request is None or not request.keep_alive:
+            headers.append((b"Connection", b"close"))
+            self.close_after = True
+        head = response_head(status, reason(status), headers)
+        await self._send(head if self.head or not body else head + body)
 
 
 # encodeURIComponent's unescaped set, as configurable-http-proxy builds its error-target URL.
 _URI_COMPONENT_SAFE = "!'()*"
 
 
-def _request_eom(event: h11.EndOfMessage) -> h11.EndOfMessage:
-    """The end of a request for the backend: only the trailer fields allowed there."""
-    if not event.headers:
-        return event
-    return h11.EndOfMessage(headers=trailer_fields(event.headers), _parsed=True)
+def _request_bytes(event: Body | EndOfMessage, chunked: bool) -> bytes:
+    """A piece of the request body for the backend, framed as the client framed it; the end
+    of a chunked body carries only the trailer fields allowed there."""
+    if type(event) is Body:
+        return chunk(event.data) if chunked else event.data
+    if not chunked:
+        return b""
+    assert type(event) is EndOfMessage
+    return last_chunk(trailer_fields(event.trailers))
 
 
 def _kind(exc: BackendError) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
 from ._errors import SettingsError
+from ._http import PARSER_NAMES, httptools_available
 
 _OPTIONAL = frozenset(
     {
@@ -58,6 +59,8 @@ class ProxySettings:
                               answering: 502 (traefik's choice) or 503 (configurable-http-proxy's,
                               which JupyterHub's error pages turn into "your server appears to
                               be down")
+    parser:                   the HTTP/1.1 parser: "h11" (the reference), "httptools" (llhttp;
+                              the ``fast`` extra), "auto" (httptools when importable)
     io_edge:                  "auto": on asyncio, sockets are asyncio protocols (the fast edge,
                               uvloop-friendly), on trio anyio streams; "anyio": anyio streams
                               everywhere (the reference edge)
@@ -78,6 +81,7 @@ class ProxySettings:
     activity_interval: float = 1.0
     read_size: int = 65536
     io_edge: str = "auto"
+    parser: str = "auto"
     backend_down_status: int = 502
     forwarded_trusted_ips: tuple[str, ...] = ()
 
@@ -95,7 +99,7 @@ class ProxySettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name in ("error_target", "io_edge", "forwarded_trusted_ips"):
+            if f.name in ("error_target", "io_edge", "parser", "forwarded_trusted_ips"):
                 continue
             if f.name == "backend_down_status":
                 if type(self.backend_down_status) is not int or self.backend_down_status not in (
@@ -132,6 +136,16 @@ class ProxySettings:
                     "ProxySettings.forwarded_trusted_ips: not an IP network (like 10.0.0.0/8 or "
                     f"127.0.0.1): {net!r}"
                 ) from None
+        if self.parser not in PARSER_NAMES:
+            raise SettingsError(
+                f"ProxySettings.parser must be one of {', '.join(PARSER_NAMES)}, got "
+                f"{self.parser!r}"
+            )
+        if self.parser == "httptools" and not httptools_available():
+            raise SettingsError(
+                "ProxySettings.parser is 'httptools' but httptools is not installed "
+                "(pip install 'eventproxy[fast]')"
+            )
         if self.io_edge not in ("auto", "anyio"):
             raise SettingsError(
                 f"ProxySettings.io_edge must be 'auto' or 'anyio', got {self.io_edge!r}"

@@ -28,6 +28,7 @@ import anyio.abc
 
 from ._config import ConfigProblem, DynamicConfig
 from ._errors import SettingsError
+from ._http import resolve_parser
 from ._routing import RoutingTable
 from ._server import DataPlane
 from ._settings import ProxySettings
@@ -122,6 +123,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExc
         default="auto",
         help="auto: asyncio protocols on asyncio (fast); anyio: anyio streams (reference)",
     )
+    node.add_argument(
+        "--parser",
+        choices=("auto", "h11", "httptools"),
+        default="auto",
+        help="HTTP/1.1 parser: h11 (reference), httptools (llhttp), auto: httptools if installed",
+    )
     node.add_argument("--error-target", metavar="URL", help="error pages: GET URL/CODE?url=...")
     node.add_argument("--connect-timeout", type=_seconds, default=10.0, metavar="SECONDS")
     node.add_argument("--header-timeout", type=_seconds, default=60.0, metavar="SECONDS")
@@ -164,6 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
         max_body_bytes=args.max_body_bytes,
         error_target=args.error_target,
         io_edge=args.io_edge,
+        parser=args.parser,
         forwarded_trusted_ips=tuple(args.forwarded_trusted_ip),
     )
 
@@ -239,10 +247,11 @@ async def serve_node(
     open and ``ready(listening, admin)`` is called; serves until SIGINT/SIGTERM or cancelled."""
     plane = DataPlane(None, settings)
     logger.info(
-        "node: event loop %s, I/O edge %s, timeouts connect=%s header=%s idle=%s backend=%s, "
-        "error target %s",
+        "node: event loop %s, I/O edge %s, parser %s, timeouts connect=%s header=%s idle=%s "
+        "backend=%s, error target %s",
         _loop_name(),
         settings.io_edge,
+        resolve_parser(settings.parser),
         settings.connect_timeout,
         settings.header_timeout,
         settings.idle_timeout,

@@ -11,23 +11,35 @@ from support import backends
 # The (anyio backend, I/O edge) pairs that exist. "auto" is the asyncio-protocol edge on asyncio
 # and the anyio edge on trio, so "anyio" on trio would only repeat "auto": never generated.
 BACKEND_EDGES = [
-    pytest.param(("asyncio", {"debug": False}), "auto", id="asyncio-auto"),
-    pytest.param(("asyncio", {"debug": False}), "anyio", id="asyncio-anyio"),
-    pytest.param(("trio", {}), "auto", id="trio-auto"),
+    (("asyncio", {"debug": False}), "auto", "asyncio-auto"),
+    (("asyncio", {"debug": False}), "anyio", "asyncio-anyio"),
+    (("trio", {}), "auto", "trio-auto"),
 ]
+PARSERS = backends.PARSERS
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test using ``io_edge`` runs once per pair of BACKEND_EDGES (not backends x edges)."""
+    """A test using ``io_edge`` runs once per parser x pair of BACKEND_EDGES (not x backends)."""
     if "io_edge" in metafunc.fixturenames:
-        metafunc.parametrize(("anyio_backend", "io_edge"), BACKEND_EDGES, indirect=["io_edge"])
+        metafunc.parametrize(
+            ("anyio_backend", "io_edge"),
+            [
+                pytest.param(backend, (edge, parser), id=f"{name}-{parser}")
+                for parser in PARSERS
+                for backend, edge, name in BACKEND_EDGES
+            ],
+            indirect=["io_edge"],
+        )
 
 
 @pytest.fixture
 def io_edge(request: pytest.FixtureRequest, anyio_backend: object) -> Iterator[str]:
-    """The I/O edge running_proxy() starts the proxy on (parametrised with the backend above)."""
-    previous = backends.PROXY_IO_EDGE[0]
-    backends.PROXY_IO_EDGE[0] = request.param
-    yield request.param
-    backends.PROXY_IO_EDGE[0] = previous
+    """The I/O edge (and the parser) running_proxy() starts the proxy with (parametrised with
+    the backend above); the edge's name."""
+    edge, parser = request.param
+    previous = backends.PROXY_IO_EDGE[0], backends.PROXY_PARSER[0]
+    backends.PROXY_IO_EDGE[0] = edge
+    backends.PROXY_PARSER[0] = parser
+    yield edge
+    backends.PROXY_IO_EDGE[0], backends.PROXY_PARSER[0] = previous

@@ -21,13 +21,13 @@ from eventproxy_dataplane._http import (
     RequestParser,
     ResponseHead,
     ResponseParser,
-    httptools_available,
     parser_classes,
     resolve_parser,
 )
+from support import backends
 from support.hostile_cases import CASES
 
-PARSERS = ["h11", *(["httptools"] if httptools_available() else [])]
+PARSERS = backends.PARSERS
 
 
 @pytest.fixture(params=PARSERS)
@@ -415,3 +415,15 @@ def test_response_eof_while_idle_is_clean(
     parser.feed(b"")
     assert parser.next_event() is NEED_DATA
     assert parser.eof
+
+
+def test_settings_and_cli_name_the_parser() -> None:
+    from eventproxy_dataplane import ProxySettings
+    from eventproxy_dataplane._errors import SettingsError
+    from eventproxy_dataplane.cli import build_parser, settings_from_args
+
+    assert ProxySettings().parser == "auto"
+    with pytest.raises(SettingsError, match="parser must be one of auto, h11, httptools"):
+        ProxySettings(parser="llhttp")
+    args = build_parser().parse_args(["--config", "x.toml", "--parser", "h11"])
+    assert settings_from_args(args).parser == "h11"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import ipaddress
@@ -24,9 +25,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("io_edge")]
 
 
 def _settings() -> ProxySettings:
-    from support.backends import PROXY_IO_EDGE
+    from support.backends import PROXY_IO_EDGE, PROXY_PARSER
 
-    return ProxySettings(io_edge=PROXY_IO_EDGE[0])
+    return ProxySettings(io_edge=PROXY_IO_EDGE[0], parser=PROXY_PARSER[0])
 
 
 async def test_unix_socket_listener(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ async def test_504_when_backend_does_not_accept_in_time() -> None:
             s.setblocking(False)
             s.connect_ex(("127.0.0.1", port))
             fillers.append(s)
-        settings = ProxySettings(connect_timeout=0.5, io_edge=_settings().io_edge)
+        settings = dataclasses.replace(_settings(), connect_timeout=0.5)
         table = make_table({"r": ("PathPrefix(`/`)", [f"http://127.0.0.1:{port}"])})
         plane = DataPlane(table, settings)
         async with anyio.create_task_group() as tg:

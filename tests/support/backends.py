@@ -30,6 +30,7 @@ proxy forwards, and for backends that answer with malformed framing.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -569,6 +570,18 @@ def make_table(
 
 # The I/O edge running_proxy() uses; the ``io_edge`` fixture of tests/dataplane sets it.
 PROXY_IO_EDGE = ["auto"]
+# The parsers the data plane has: h11 always; httptools once its module is in the tree (then a
+# missing httptools package fails the tests instead of skipping them).
+PARSERS = [
+    "h11",
+    *(
+        ["httptools"]
+        if importlib.util.find_spec("eventproxy_dataplane._parse_httptools") is not None
+        else []
+    ),
+]
+# The HTTP parser running_proxy() uses ("h11" or "httptools"); set by the same fixture.
+PROXY_PARSER = ["h11"]
 
 
 @dataclass
@@ -584,7 +597,9 @@ async def running_proxy(
     """A DataPlane serving on a free 127.0.0.1 port; cancelled (and closed) on exit."""
     from eventproxy_dataplane import DataPlane, ProxySettings
 
-    settings = dataclasses.replace(settings or ProxySettings(), io_edge=PROXY_IO_EDGE[0])
+    settings = dataclasses.replace(
+        settings or ProxySettings(), io_edge=PROXY_IO_EDGE[0], parser=PROXY_PARSER[0]
+    )
     plane = DataPlane(table, settings)
     async with anyio.create_task_group() as tg:
         port = await tg.start(plane.serve_tcp, LOOPBACK, 0)
