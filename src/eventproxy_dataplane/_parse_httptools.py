@@ -169,8 +169,9 @@ class _Framing:
                 elif name == b"host":
                     hosts += 1
                 elif name == b"connection":
-                    if not close:
-                        close = any(t.strip() == b"close" for t in value.lower().split(b","))
+                    lowered = value.lower()
+                    if not close and b"close" in lowered:
+                        close = any(t.strip() == b"close" for t in lowered.split(b","))
                 elif value.lower() == b"100-continue":  # expect
                     expect = True
             append((name, value))
