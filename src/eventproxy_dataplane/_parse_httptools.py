@@ -303,6 +303,7 @@ class _Parser:
         self._framing = framing
         self._left = length
         self._footer = _EMPTY
+        self._search = 0
         self._state = _BODY
 
     def _body_event(self) -> Body | EndOfMessage | NeedData:
@@ -358,9 +359,11 @@ class _Parser:
                     return self._chunk_needs_data()
             left = self._left
             if left == 0:
-                end = buf.find(_CRLF)
+                end = buf.find(_CRLF, self._search)
                 if end < 0:
+                    self._search = max(0, len(buf) - 1)  # a long line is searched once
                     return self._chunk_needs_data()
+                self._search = 0
                 line = buf[: end + 2]
                 match = _CHUNK_LINE.fullmatch(line)
                 if match is None:
@@ -401,9 +404,11 @@ class _Parser:
             self._buf = buf[2:]
             lines = []
         else:
-            match = _BLANK_LINE.search(buf)
+            match = _BLANK_LINE.search(buf, max(0, self._search - 2))
             if match is None:
+                self._search = len(buf)
                 return self._chunk_needs_data()
+            self._search = 0
             self._buf = buf[match.end() :]
             lines = [
                 line[:-1] if line.endswith(b"\r") else line

@@ -112,7 +112,7 @@ def _drain(parser: Any, out: Outcome, methods: list[bytes] | None) -> bool:
                 if not methods:
                     out.append(("no-more-requests",))
                     return False
-                parser.expect(methods.pop(0))
+                _expect(parser, methods.pop(0))
             continue
         if isinstance(event, Body):
             if out and out[-1][0] == "body":
@@ -121,6 +121,12 @@ def _drain(parser: Any, out: Outcome, methods: list[bytes] | None) -> bool:
                 out.append(("body", bytes(event.data)))
             continue
         out.append(_describe(event))
+
+
+def _expect(parser: Any, method: bytes) -> None:
+    """``b"GET+upgrade"`` is a GET that proposed a protocol switch (a 101 may answer it)."""
+    name, _, upgrade = method.partition(b"+")
+    parser.expect(name, upgrade=bool(upgrade))
 
 
 def run(
@@ -134,7 +140,7 @@ def run(
     parser = factory(max_head_bytes=MAX_HEAD)
     pending = None if methods is None else list(methods)
     if pending is not None:
-        parser.expect(pending.pop(0) if pending else b"GET")
+        _expect(parser, pending.pop(0) if pending else b"GET")
     out: Outcome = []
     for chunk in chunks:
         parser.feed(chunk)
@@ -204,9 +210,14 @@ def _offsets(raw: bytes) -> range:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_case_same_answer_split_anywhere(case: Case) -> None:
-    """Cross-check: both parsers give the same outcome, whole and split at every offset."""
+    """Cross-check: both parsers give the same outcome, whole, split at every offset, and
+    byte by byte."""
     whole = run(H11RequestParser, [case.raw], eof=case.client_eof)
     assert run(HttptoolsRequestParser, [case.raw], eof=case.client_eof) == whole
+    if len(case.raw) <= 4096:
+        single = [case.raw[i : i + 1] for i in range(len(case.raw))]
+        reference = run(H11RequestParser, single, eof=case.client_eof)
+        assert run(HttptoolsRequestParser, single, eof=case.client_eof) == reference
     for offset in _offsets(case.raw):
         chunks = _split(case.raw, [offset])
         reference = run(H11RequestParser, chunks, eof=case.client_eof)
@@ -323,6 +334,10 @@ def responses(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
         raw += b"".join(line + b"\r\n" for line in draw(st.permutations(fields))) + b"\r\n"
         if method != b"HEAD" and status[:3] not in (b"204", b"304"):
             raw += body
+    if draw(st.integers(0, 4)) == 0:  # then a protocol switch, proposed or not
+        methods.append(draw(st.sampled_from([b"GET+upgrade", b"GET+upgrade", b"GET"])))
+        raw += b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        raw += b"Connection: Upgrade\r\n\r\n" + draw(st.binary(max_size=20))
     return raw, methods
 
 
@@ -491,3 +506,18 @@ def test_llhttp_runs_with_every_leniency_off(head: bytes) -> None:
     parser = httptools.HttpRequestParser(object())
     with pytest.raises(httptools.HttpParserError):
         parser.feed_data(head)
+
+
+@pytest.mark.parametrize("parser", sorted(RESPONSE_PARSERS))
+def test_switching_protocols_hands_over_the_frame_after_the_head(parser: str) -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        b"\x81\x02hi"
+    )
+    factory = RESPONSE_PARSERS[parser]
+    outcome = run(factory, _split(raw, [50, 90]), methods=[b"GET", b"GET+upgrade"])
+    assert outcome[-1] == ("switched", b"\x81\x02hi")
+    assert [e[1] for e in outcome if e[0] == "response"] == [200, 101]
+    refused = run(factory, [raw], methods=[b"GET", b"GET"])  # no switch proposed: 502
+    assert refused[-1] == ("error", 502)
