@@ -79,4 +79,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control-port", type=int, required=True)
     args = parser.parse_args()
+    from bench._tracemem import install
+
+    install("hub")
     asyncio.run(main(args.log_url, args.port, args.control_port))

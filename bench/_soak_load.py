@@ -166,6 +166,7 @@ class Workload:
         self.version: dict[int, int] = {}
         self._kept: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self.change_seconds: list[float] = []  # how long each acknowledged route change took
 
     # -- live set (O(1) add, remove and random pick) -------------------------------------
     def _add_live(self, slot: int) -> None:
@@ -256,11 +257,15 @@ class Workload:
         self._remove_live(slot)
         self.version[slot] += 1
         spec = slot_spec(slot)
+        began = time.monotonic()
         await self.control.delete(spec)
+        self.change_seconds.append(time.monotonic() - began)
         self.counts.changes += 1
         self.spare.append(self.port_of[slot])
         port = self.port_of[slot] = self.spare.popleft()
+        began = time.monotonic()
         await self.control.add(spec, f"http://{LOOPBACK}:{port}")
+        self.change_seconds.append(time.monotonic() - began)
         self.counts.changes += 1
         if self.control.grace:
             await asyncio.sleep(self.control.grace)
@@ -393,6 +398,7 @@ class Workload:
             self.counts.ws_abrupt += 1
 
     def summary(self) -> dict[str, Any]:
+        """Counts, the route-change latency (p50/p99/max), errors and the first few verbatim."""
         c = self.counts
         return {
             "http_ok": c.http_ok,
@@ -405,6 +411,18 @@ class Workload:
             "ws_stopped_closed_by_proxy": c.ws_stopped_closed_by_proxy,
             "ws_raced": c.ws_raced,
             "route_changes": c.changes,
+            "change_latency_s": _quantiles(self.change_seconds),
             "errors": c.errors,
             "error_samples": c.error_samples,
         }
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 4)}

@@ -46,7 +46,7 @@ import httpx
 from bench._soak_load import LOOPBACK, Workload
 from bench._support import ROOT, ChildProcess, free_port, port_accepts, wait_until
 from eventproxy import RouteAdded, RouteRemoved
-from eventproxy.log import FileRouteLog
+from eventproxy.log import AUTO_COMPACT_RECORDS, FileRouteLog
 from support.chp import CHP
 from support.procnet import TcpSocket, open_fds, rss_bytes, states_to, tcp_sockets
 from support.tools import ToolMissing, ensure_chp
@@ -211,12 +211,14 @@ def start_hub(stack: ExitStack, workdir: Path) -> Running:
 
 
 async def start_node(stack: ExitStack, workdir: Path) -> Running:
-    log = await FileRouteLog.open(workdir / "node-routes.log")
+    # as EventProxy opens its log (open_log): compacting itself, so memory stays bounded
+    log = await FileRouteLog.open(workdir / "node-routes.log", auto_compact=AUTO_COMPACT_RECORDS)
     port, admin = free_port(), free_port()
     argv = [
         sys.executable,
         "-c",
-        "import sys; from eventproxy.cli import main; sys.exit(main())",
+        "import sys; from bench._tracemem import install; install('node');"
+        " from eventproxy.cli import main; sys.exit(main())",
         "dataplane",
         "--log-url",
         f"file://{workdir}/node-routes.log",

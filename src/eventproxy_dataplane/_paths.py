@@ -8,10 +8,16 @@ separator: ``/user/alice%2Fx`` is the two segments ``user``, ``alice/x``. Every 
 percent-encoding is decoded (``%24`` is ``$``, ``%C3%A9`` is ``é``, ``%23%3F`` is ``#?``), so a
 rule written with the decoded path matches every spelling of it.
 
-Targets that a backend could resolve to a different path than the one we route on are refused
-(``None``; the server answers 404) instead of being rewritten, because the data plane forwards
-the target unchanged: dot segments (``.``/``..``, also as ``%2e``), empty segments (``//``),
-a raw ``#``, bad percent-encodings, and anything that is not origin-form (``/...``) or
+Dot segments and empty segments are resolved first, as traefik does by default (its
+entrypoints' ``sanitizePath``, true in v3): ``sanitize_path`` removes ``.`` and ``..`` segments
+(also spelled ``%2e``/``%2E``) and merges ``//`` like Go's ``path.Clean``, keeping a trailing
+slash when the request had one, and leaves the query alone. The request is routed *and
+forwarded* with that path, so the backend sees the path that was routed (measured against
+traefik 3.7.15, ``tests/dataplane/test_differential_traefik.py``). An encoded slash is not a
+separator there either: ``a%2F..%2Fb`` is one segment and stays.
+
+Other targets a backend could resolve differently are refused (``None``; the server answers
+404): a raw ``#``, bad percent-encodings, and anything that is not origin-form (``/...``) or
 absolute-form (``http://host/...``). See ``docs/dataplane-rules.md``.
 """
 
@@ -21,10 +27,50 @@ import re
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["canonical_host", "parse_target"]
+__all__ = ["canonical_host", "parse_target", "sanitize_path"]
 
 _BAD_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _DOTS: Final = frozenset((".", ".."))
+
+
+def _is_dot_segment(raw: bytes) -> int:
+    """1 for ``.``, 2 for ``..`` (each dot raw or as ``%2e``/``%2E``), else 0."""
+    if len(raw) > 6:
+        return 0
+    dots = raw.replace(b"%2e", b".").replace(b"%2E", b".")
+    return len(dots) if dots in (b".", b"..") else 0
+
+
+def sanitize_path(target: bytes) -> bytes:
+    """An origin-form target with its path cleaned as traefik's ``sanitizePath`` cleans it.
+
+    ``/a//b`` -> ``/a/b``, ``/a/./b`` -> ``/a/b``, ``/a/x/../b?q=/../`` -> ``/a/b?q=/../``,
+    ``/a/%2e%2e/b`` -> ``/b``, ``/a/b/..`` -> ``/a``, ``/..`` -> ``/``; a trailing slash is kept
+    when the path ended with one. Returns ``target`` itself (no copy) when there is nothing to
+    clean -- the usual case, found with three substring searches.
+    """
+    q = target.find(b"?")
+    path = target if q < 0 else target[:q]
+    if not path.startswith(b"/") or (
+        b"//" not in path and b"/." not in path and b"/%2" not in path
+    ):
+        return target
+    kept: list[bytes] = []
+    changed = False
+    for raw in path[1:].split(b"/"):
+        dots = _is_dot_segment(raw) if raw else -1
+        if dots == 0:
+            kept.append(raw)
+            continue
+        changed = True
+        if dots == 2 and kept:
+            kept.pop()
+    if not changed:
+        return target
+    clean = b"/" + b"/".join(kept)
+    if path.endswith(b"/") and not clean.endswith(b"/"):
+        clean += b"/"
+    return clean if q < 0 else clean + target[q:]
 
 
 def _split_encoded_slashes(
@@ -64,6 +110,7 @@ def parse_target(target: bytes) -> tuple[str | None, tuple[str, ...]] | None:
             return None
         authority = rest[:slash].decode("latin-1")
         target = rest[slash:]
+    target = sanitize_path(target)
     q = target.find(b"?")
     path = target if q < 0 else target[:q]
     if b"#" in path:

@@ -269,11 +269,13 @@ async def serve_fast(
     ssl_context: ssl.SSLContext | None = None,
     unix_path: str | None = None,
     task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
+    backlog: int = 1024,
 ) -> None:
     """Accept connections and run ``handler`` for each, until cancelled.
 
     TCP on ``host:port`` (``task_status`` gets the bound port), or a Unix socket at
-    ``unix_path`` (``task_status`` gets the path).
+    ``unix_path`` (``task_status`` gets the path). ``backlog`` is also how many connections
+    asyncio accepts in one go (the descriptors taken before a handler can refuse one).
     """
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
@@ -287,10 +289,10 @@ async def serve_fast(
         return _StreamProtocol(loop, made)
 
     if unix_path is not None:
-        server = await loop.create_unix_server(factory, unix_path, backlog=1024)
+        server = await loop.create_unix_server(factory, unix_path, backlog=backlog)
     else:
         server = await loop.create_server(
-            factory, host, port, ssl=ssl_context, reuse_address=True, backlog=1024
+            factory, host, port, ssl=ssl_context, reuse_address=True, backlog=backlog
         )
     try:
         if unix_path is not None:

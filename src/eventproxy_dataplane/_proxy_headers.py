@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ._errors import BackendProtocolError
+from ._paths import sanitize_path
 
 Header = tuple[bytes, bytes]
 
@@ -240,6 +241,7 @@ def prepare_request(
             return Rejection(400, "request-target is not a path or an absolute URL")
     if host is not None and host.translate(None, _HOST_BYTES):
         return Rejection(400, "invalid Host")
+    path = sanitize_path(path)  # traefik's sanitizePath: routed and forwarded cleaned
     return PreparedRequest(
         host, path, out, websocket, upgrade if websocket else None, forwarded, has_chunked
     )

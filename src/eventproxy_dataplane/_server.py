@@ -29,10 +29,19 @@ from urllib.parse import parse_qs
 import anyio
 import anyio.abc
 import h11
-from anyio.streams.tls import TLSListener
+from anyio.streams.stapled import MultiListener
+from anyio.streams.tls import TLSStream
 
 from ._backend import BackendPool
 from ._config import ConfigProblem, RouterSpec, ServiceSpec
+from ._limits import (
+    ACCEPT_BURST,
+    AcceptErrors,
+    ConnectionGate,
+    accept_forever,
+    default_max_connections,
+    nofile_soft_limit,
+)
 from ._proxy import ClientConnection, ProxyState, watchdog
 from ._proxy_fast import FastStream, fast_edge_available, serve_fast
 from ._routing import Route, RoutingTable
@@ -41,6 +50,7 @@ from ._settings import ProxySettings
 logger = logging.getLogger("eventproxy_dataplane")
 
 _DEFAULT_SETTINGS = ProxySettings()
+_TLS_HANDSHAKE_TIMEOUT = 30.0
 
 
 def _peer_ip(stream: anyio.abc.ByteStream) -> bytes | None:
@@ -88,6 +98,12 @@ class DataPlane:
         self._state = ProxyState(self._table, settings)
         self.settings = settings
         self._users: dict[str, int] = {}  # server URL -> routers sending to it
+        limit = settings.max_connections
+        if limit is None:
+            limit = default_max_connections(nofile_soft_limit(), settings.pool_max_idle_total)
+        # client connections of all proxy listeners together (see _limits)
+        self.gate = ConnectionGate(limit)
+        self._accept_errors = AcceptErrors()
         # what the source reports for /health (applied_seq, source, ...); see report_status
         self._status: dict[str, Any] = {}
         self._status_changed: anyio.Event | None = None
@@ -213,6 +229,18 @@ class DataPlane:
         """The Prometheus text served on ``/metrics``."""
         pool = self._state.pool
         lines = [
+            "# HELP eventproxy_dataplane_max_connections Client connections served at once, at "
+            "most.",
+            "# TYPE eventproxy_dataplane_max_connections gauge",
+            f"eventproxy_dataplane_max_connections {self.gate.limit}",
+            "# HELP eventproxy_dataplane_connections_refused_total Client connections closed at "
+            "once because max_connections were open.",
+            "# TYPE eventproxy_dataplane_connections_refused_total counter",
+            f"eventproxy_dataplane_connections_refused_total {self.gate.refused}",
+            "# HELP eventproxy_dataplane_accept_errors_total Accepts that failed for lack of "
+            "descriptors or buffers (retried).",
+            "# TYPE eventproxy_dataplane_accept_errors_total counter",
+            f"eventproxy_dataplane_accept_errors_total {self._accept_errors.count}",
             "# HELP eventproxy_dataplane_backend_idle_connections Pooled idle backend connections.",
             "# TYPE eventproxy_dataplane_backend_idle_connections gauge",
             f"eventproxy_dataplane_backend_idle_connections {pool.idle_count}",
@@ -257,15 +285,30 @@ class DataPlane:
             return
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
         bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
-        serving: anyio.abc.Listener[Any] = listener
-        if ssl_context is not None:
-            serving = TLSListener(listener, ssl_context, standard_compatible=False)
         logger.info("data plane listening on %s:%d%s", host, bound, " (TLS)" if tls else "")
+        gate = self.gate
 
         async def handle(stream: anyio.abc.ByteStream) -> None:
-            await ClientConnection(self._state, stream, client_ip=_peer_ip(stream), tls=tls).run()
+            if not gate.admit():
+                await anyio.aclose_forcefully(stream)  # refused before the TLS handshake
+                return
+            try:
+                if ssl_context is not None:
+                    try:
+                        with anyio.fail_after(_TLS_HANDSHAKE_TIMEOUT):
+                            stream = await TLSStream.wrap(
+                                stream, ssl_context=ssl_context, standard_compatible=False
+                            )
+                    except (TimeoutError, ssl.SSLError, OSError, anyio.BrokenResourceError):
+                        await anyio.aclose_forcefully(stream)
+                        return
+                await ClientConnection(
+                    self._state, stream, client_ip=_peer_ip(stream), tls=tls
+                ).run()
+            finally:
+                gate.leave()
 
-        await self._serve(serving, handle, task_status, bound)
+        await self._serve(listener, handle, task_status, bound)
 
     async def _serve_tcp_fast(
         self,
@@ -276,9 +319,16 @@ class DataPlane:
     ) -> None:
         tls = ssl_context is not None
         state = self._state
+        gate = self.gate
 
         async def handle(stream: FastStream) -> None:
-            await ClientConnection(state, stream, client_ip=_peer_ip(stream), tls=tls).run()
+            if not gate.admit():
+                stream.close_now()
+                return
+            try:
+                await ClientConnection(state, stream, client_ip=_peer_ip(stream), tls=tls).run()
+            finally:
+                gate.leave()
 
         try:
             async with anyio.create_task_group() as tg:
@@ -289,6 +339,7 @@ class DataPlane:
                     handle,
                     ssl_context=ssl_context,
                     task_status=task_status,
+                    backlog=ACCEPT_BURST,
                 )
         finally:
             with anyio.CancelScope(shield=True):
@@ -307,13 +358,28 @@ class DataPlane:
         if fast_edge_available():
             state = self._state
 
+            gate = self.gate
+
             async def handle_fast(stream: FastStream) -> None:
-                await ClientConnection(state, stream, client_ip=None, tls=False).run()
+                if not gate.admit():
+                    stream.close_now()
+                    return
+                try:
+                    await ClientConnection(state, stream, client_ip=None, tls=False).run()
+                finally:
+                    gate.leave()
 
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_housekeeping, state)
-                    await serve_fast("", 0, handle_fast, unix_path=path, task_status=task_status)
+                    await serve_fast(
+                        "",
+                        0,
+                        handle_fast,
+                        unix_path=path,
+                        task_status=task_status,
+                        backlog=ACCEPT_BURST,
+                    )
             finally:
                 with anyio.CancelScope(shield=True):
                     await state.pool.aclose()
@@ -323,8 +389,16 @@ class DataPlane:
         listener = await anyio.create_unix_listener(path)
         logger.info("data plane listening on unix:%s", path)
 
+        gate = self.gate
+
         async def handle(stream: anyio.abc.ByteStream) -> None:
-            await ClientConnection(self._state, stream, client_ip=None, tls=False).run()
+            if not gate.admit():
+                await anyio.aclose_forcefully(stream)
+                return
+            try:
+                await ClientConnection(self._state, stream, client_ip=None, tls=False).run()
+            finally:
+                gate.leave()
 
         try:
             await self._serve(listener, handle, task_status, path)
@@ -339,11 +413,17 @@ class DataPlane:
         task_status: anyio.abc.TaskStatus[Any],
         started: object,
     ) -> None:
+        """Accept on every socket of ``listener`` (see ``_limits.accept_forever``: running out
+        of descriptors neither ends nor spins the loop) and run ``handle`` for each."""
+        sockets: list[Any] = (
+            list(listener.listeners) if isinstance(listener, MultiListener) else [listener]
+        )
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_housekeeping, self._state)
                 task_status.started(started)
-                await listener.serve(handle, task_group=tg)
+                for one in sockets:
+                    tg.start_soon(accept_forever, one, handle, tg, self._accept_errors)
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()

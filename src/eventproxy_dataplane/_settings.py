@@ -17,6 +17,7 @@ _OPTIONAL = frozenset(
         "idle_timeout",
         "backend_response_timeout",
         "max_body_bytes",
+        "max_connections",
     }
 )
 _INTEGER = frozenset(
@@ -24,6 +25,7 @@ _INTEGER = frozenset(
         "max_header_bytes",
         "max_header_count",
         "max_body_bytes",
+        "max_connections",
         "pool_max_idle",
         "pool_max_idle_total",
         "read_size",
@@ -44,6 +46,11 @@ class ProxySettings:
     max_body_bytes:           request body size (-> 413 and close; a chunked body that grows
                               past it after the response started closes the connection);
                               ``None`` (default): no limit, like configurable-http-proxy
+    max_connections:          client connections served at once by the plane (all its proxy
+                              listeners together); one beyond is closed as soon as it is
+                              accepted, existing ones are untouched. ``None`` (default): derived
+                              from the soft ``RLIMIT_NOFILE`` (288 for ``ulimit -n 1024``; see
+                              ``_limits.default_max_connections``)
     error_target:             like configurable-http-proxy's ``--error-target``: on 404/502/503/504
                               the body of ``GET {error_target}/{code}?url=<escaped url>`` is sent
                               with the original status
@@ -73,6 +80,7 @@ class ProxySettings:
     max_header_bytes: int = 65536
     max_header_count: int = 200
     max_body_bytes: int | None = None
+    max_connections: int | None = None
     error_target: str | None = None
     pool_max_idle: int = 64
     pool_max_idle_total: int = 256

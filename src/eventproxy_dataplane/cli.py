@@ -59,6 +59,16 @@ def _seconds(text: str) -> float | None:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 Source = Callable[..., Coroutine[Any, Any, None]]
 """``source(plane, task_status=...)``: keeps ``plane``'s table current until cancelled, calling
 ``task_status.started()`` once the first table is installed (or it stopped waiting for one)."""
@@ -142,6 +152,14 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExc
         help="refuse request bodies larger than N bytes with 413 (default: no limit)",
     )
     node.add_argument(
+        "--max-connections",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="client connections served at once; one more is closed when accepted (default: "
+        "from ulimit -n, 288 for 1024)",
+    )
+    node.add_argument(
         "--forwarded-trusted-ip",
         metavar="CIDR",
         action="append",
@@ -169,6 +187,7 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
         idle_timeout=args.idle_timeout,
         backend_response_timeout=args.backend_timeout,
         max_body_bytes=args.max_body_bytes,
+        max_connections=args.max_connections,
         error_target=args.error_target,
         io_edge=args.io_edge,
         parser=args.parser,

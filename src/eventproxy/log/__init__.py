@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from eventproxy_dataplane.etcd import EtcdOptions
 
 __all__ = [
+    "AUTO_COMPACT_RECORDS",
     "CompactionResult",
     "FileRouteLog",
     "LocalRouteLog",
@@ -45,12 +46,24 @@ def file_path_from_url(url: str) -> str:
     return path
 
 
+AUTO_COMPACT_RECORDS = 1024
+
+
 async def open_log(
-    url: str, *, readonly: bool = False, etcd: EtcdOptions | None = None
+    url: str,
+    *,
+    readonly: bool = False,
+    etcd: EtcdOptions | None = None,
+    auto_compact: int | None = AUTO_COMPACT_RECORDS,
 ) -> RouteLog:
     """Open the route log that ``url`` names; ``readonly`` takes no writer lock (file logs) and
     refuses appends. ``etcd`` gives an etcd log its credentials and TLS files (default: the
-    ``EVENTPROXY_ETCD_*`` environment variables); credentials never go in the URL."""
+    ``EVENTPROXY_ETCD_*`` environment variables); credentials never go in the URL.
+
+    ``auto_compact`` (a file log's writer; None: never): the log compacts itself once more than
+    ``max(auto_compact, 2 * routes)`` records follow its snapshot (see
+    :class:`~eventproxy.log.LocalRouteLog`), so a long-running writer's memory and file stay
+    proportional to its live routes."""
     if not isinstance(url, str) or ("://" not in url and not url.startswith("file:")):
         raise InvalidLogURLError(
             f"log URL {redact_url(str(url))!r} must look like memory://, "
@@ -61,7 +74,9 @@ async def open_log(
         parts = urlsplit(url)
         return MemoryRouteLog(parts.netloc + parts.path)
     if scheme == "file":
-        return await FileRouteLog.open(file_path_from_url(url), readonly=readonly)
+        return await FileRouteLog.open(
+            file_path_from_url(url), readonly=readonly, auto_compact=auto_compact
+        )
     if scheme in ("etcd", "etcds"):
         from .etcd import EtcdRouteLog
 

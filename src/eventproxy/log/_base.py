@@ -15,6 +15,13 @@ the last seq (0 for an empty log). Records before the snapshot may have been dro
   compaction drops records it has not read yet, which raises :class:`CompactedError`.
 * ``compact(retention)`` folds the records older than the retention into a new snapshot and
   drops them; replay from snapshot + tail always equals replay from zero.
+* Automatic compaction (``auto_compact``, what a long-running writer such as ``EventProxy``
+  gets from :func:`~eventproxy.log.open_log`): a local log holds its records in memory, so a
+  writer that never compacts grows by every event ever appended. With ``auto_compact = N``, an
+  append that leaves more than ``max(N, 2 * routes in the snapshot)`` records after the
+  snapshot folds the oldest into a new one and keeps the newest half of that bound: memory and
+  file stay proportional to the live routes (plus a bounded tail of recent history), and the
+  cost of rewriting the snapshot is spread over at least as many appends as it has routes.
 
 Backends implement persistence hooks; this module keeps the state machine (and its checks) in
 one place.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import abc
 import bisect
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +43,7 @@ import anyio
 from .._errors import (
     AppendConflictError,
     CompactedError,
+    EventProxyError,
     InvalidRouteDataError,
     LogClosedError,
     LogUnavailableError,
@@ -46,6 +55,7 @@ from ..table import RouteTable, fold_all
 
 __all__ = ["CompactionResult", "LocalRouteLog", "RouteLog", "encode_or_refuse", "map_os_errors"]
 
+logger = logging.getLogger("eventproxy")
 _READ_CHUNK = 1024
 _T = TypeVar("_T")
 # what msgpack raises for a value it cannot encode (a str with a lone surrogate is a
@@ -210,8 +220,11 @@ class LocalRouteLog(RouteLog):
     through :func:`encode_or_refuse` first, so that every backend refuses the same records.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, auto_compact: int | None = None) -> None:
+        if auto_compact is not None and auto_compact < 2:
+            raise ValueError(f"auto_compact must be at least 2 records, got {auto_compact}")
         self.url = url
+        self.auto_compact = auto_compact
         self._snapshot: Snapshot | None = None
         self._records: list[Record] = []
         self._seqs: list[int] = []  # parallel to _records, for bisect
@@ -240,6 +253,38 @@ class LocalRouteLog(RouteLog):
         self._snapshot = snapshot
         self._records = records
         self._seqs = [r.seq for r in records]
+
+    def _compaction_due(self) -> int:
+        """How many of the oldest records an automatic compaction folds now (0: none due)."""
+        if self.auto_compact is None:
+            return 0
+        live = len(self._snapshot.table) if self._snapshot is not None else 0
+        bound = max(self.auto_compact, 2 * live)
+        held = len(self._records)
+        return held - bound // 2 if held > bound else 0
+
+    async def _fold_oldest(self, old: int) -> Snapshot:
+        """Fold the ``old`` oldest records into a new snapshot and drop them (writer lock held)."""
+        base = self._snapshot.table if self._snapshot is not None else RouteTable()
+        table = fold_all(base, self._records[:old])
+        snapshot = Snapshot(ts=now_utc(), table=table)
+        kept = self._records[old:]
+        await self._persist_compaction(snapshot, kept)
+        self._install(snapshot, kept)
+        return snapshot
+
+    async def _auto_compact(self) -> None:
+        """After an append (writer lock held): compact if due. The append is durable already, so
+        a failed compaction is logged and left for the next append (the log is unchanged, or
+        broken and then refusing appends, as :meth:`compact` documents)."""
+        old = self._compaction_due()
+        if not old:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._fold_oldest(old)
+        except EventProxyError as exc:
+            logger.warning("route log %s: automatic compaction failed: %s", self.url, exc)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -340,6 +385,7 @@ class LocalRouteLog(RouteLog):
             self._in_doubt = None
             self._records.extend(records)
             self._seqs.extend(r.seq for r in records)
+            await self._auto_compact()
         self._notify()
         return [r.seq for r in records]
 
@@ -376,14 +422,9 @@ class LocalRouteLog(RouteLog):
                 old += 1
             if old == 0:
                 return CompactionResult(self._base_seq, 0, len(self._records))
-            base = self._snapshot.table if self._snapshot is not None else RouteTable()
-            table = fold_all(base, self._records[:old])
-            snapshot = Snapshot(ts=now_utc(), table=table)
-            kept = self._records[old:]
-            await self._persist_compaction(snapshot, kept)
-            self._install(snapshot, kept)
+            snapshot = await self._fold_oldest(old)
         self._notify()
-        return CompactionResult(snapshot.seq, old, len(kept))
+        return CompactionResult(snapshot.seq, old, len(self._records))
 
     async def aclose(self) -> None:
         self._closed = True

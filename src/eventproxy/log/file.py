@@ -82,12 +82,21 @@ def _batch_payload(records: Iterable[Record]) -> bytes:
 class FileRouteLog(LocalRouteLog):
     """A route log in a local file. Use :meth:`open`."""
 
-    def __init__(self, path: Path, *, readonly: bool, fsync: bool, poll_interval: float) -> None:
-        super().__init__(f"file://{path}")
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readonly: bool,
+        fsync: bool,
+        poll_interval: float,
+        auto_compact: int | None = None,
+    ) -> None:
+        super().__init__(f"file://{path}", auto_compact=None if readonly else auto_compact)
         self.path = path
         self.readonly = readonly
         self._fsync = fsync
         self._write: tuple[threading.Event, list[bool]] | None = None  # the last batch's write
+        self._compacting: threading.Event | None = None  # set when the last compaction's ended
         self.poll_interval = poll_interval
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -103,10 +112,20 @@ class FileRouteLog(LocalRouteLog):
         readonly: bool = False,
         fsync: bool = True,
         poll_interval: float = 0.1,
+        auto_compact: int | None = None,
     ) -> FileRouteLog:
-        """Open (a writer creates the file if needed), recover a torn tail, load the records."""
+        """Open (a writer creates the file if needed), recover a torn tail, load the records.
+
+        ``auto_compact``: see :class:`~eventproxy.log.LocalRouteLog` (a writer only; None: off).
+        """
         absolute = Path(os.path.abspath(path))  # noqa: ASYNC240 - no I/O, only getcwd()
-        self = cls(absolute, readonly=readonly, fsync=fsync, poll_interval=poll_interval)
+        self = cls(
+            absolute,
+            readonly=readonly,
+            fsync=fsync,
+            poll_interval=poll_interval,
+            auto_compact=auto_compact,
+        )
         await anyio.to_thread.run_sync(self._open_sync)
         return self
 
@@ -314,7 +333,16 @@ class FileRouteLog(LocalRouteLog):
             raise LogError(f"route log {self.path} has no open file")
         return self._fd
 
+    async def _wait_for_compaction(self) -> None:
+        """A compaction whose caller was cancelled (asyncio's own cancellation) still runs in
+        its thread and swaps the descriptor: nothing may write before it has ended."""
+        done = self._compacting
+        if done is not None and not done.is_set():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(done.wait)
+
     async def _persist_batch(self, records: list[Record]) -> None:
+        await self._wait_for_compaction()
         self._write = None  # a batch refused before its write never landed
         fd = self._check_writable()
         frame = encode_frame(encode_or_refuse(lambda: _batch_payload(records), records))
@@ -364,8 +392,17 @@ class FileRouteLog(LocalRouteLog):
         self._size = before + len(frame)
 
     async def _persist_compaction(self, snapshot: Snapshot, records: list[Record]) -> None:
+        await self._wait_for_compaction()
         self._check_writable()
-        await anyio.to_thread.run_sync(self._compact_sync, snapshot, records)
+        done = self._compacting = threading.Event()
+
+        def compact() -> None:
+            try:
+                self._compact_sync(snapshot, records)
+            finally:
+                done.set()
+
+        await anyio.to_thread.run_sync(compact)
 
     def _compact_sync(self, snapshot: Snapshot, records: list[Record]) -> None:
         parts = [FILE_MAGIC, encode_frame(packb(snapshot_to_wire(snapshot)))]
@@ -425,4 +462,5 @@ class FileRouteLog(LocalRouteLog):
         with anyio.CancelScope(shield=True):
             async with self._writer_lock():
                 await self._wait_for_write()
+                await self._wait_for_compaction()
                 await anyio.to_thread.run_sync(self._release_sync)
