@@ -119,7 +119,7 @@ rule_path = st.builds(
     lambda segs, slash: "/" + "/".join(segs) + ("/" if slash else ""),
     st.lists(any_segment, min_size=0, max_size=3),
     st.booleans(),
-).filter(lambda p: "//" not in p)
+).filter(lambda p: "//" not in p and "{{" not in p)  # traefik's file provider: a template
 
 leaf = st.one_of(
     st.sampled_from(HOSTS).map(lambda h: f"Host(`{h}`)"),
@@ -171,8 +171,8 @@ def router_sets(draw: st.DrawFn) -> dict[str, tuple[str, int | None]]:
             prio = effective = 1000 + i
         used.add(effective)
         routers[f"r{i}"] = (rule, prio)
-    if draw(st.booleans()):
-        routers[CATCH_ALL] = ("PathPrefix(`/`)", 1 if 1 not in used else None)
+    if draw(st.booleans()):  # at a priority no other router has (a tie is undefined in traefik)
+        routers[CATCH_ALL] = ("PathPrefix(`/`)", min(set(range(1, len(used) + 2)) - used))
     return routers
 
 
