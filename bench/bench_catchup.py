@@ -10,8 +10,10 @@ on the same log, each a median of ``repeats`` runs:
 * **catch-up**: a node already serving the first 10,000 routes (set up untimed, from
   ``load_table(at=10000)``) runs ``eventproxy.serve.follow`` (what ``eventproxy dataplane
   --log-url`` runs): it watches the log from seq 10,001 and takes what has arrived, up to
-  ``CATCH_UP_BATCH`` records at a time, as one batch, folded in place and applied to the plane
-  in one step; timed until it has applied the last record;
+  ``CATCH_UP_BATCH`` (100,000) records at a time, as one batch, folded in place and its net
+  difference applied to the plane in one step; timed until it has applied the last record;
+* **catch-up in batches of 10,000**: the same with ``max_batch=10_000`` (the batch size before),
+  to show what smaller batches cost: each batch changes up to every route it touched;
 * opening the log (reading and decoding the file) is the same for both and reported apart;
 * **one record at a time**: the same catch-up with ``projection.apply([record])`` per record
   (how the follower applied records before), to show that it is linear now too;
@@ -96,7 +98,9 @@ async def node_at(log: FileRouteLog, seq: int) -> PlaneProjection:
     return projection
 
 
-async def catch_up_time(path: Path, routes: int, head: int) -> tuple[float, int, int]:
+async def catch_up_time(
+    path: Path, routes: int, head: int, max_batch: int = CATCH_UP_BATCH
+) -> tuple[float, int, int]:
     """(seconds, routes at the end, plane changes) for a node ``head - routes`` records behind."""
     async with await FileRouteLog.open(path, readonly=True) as log:
         projection = await node_at(log, routes)
@@ -114,7 +118,7 @@ async def catch_up_time(path: Path, routes: int, head: int) -> tuple[float, int,
         projection.apply = apply_and_check  # type: ignore[method-assign]
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(follow, log, projection)
+            tg.start_soon(lambda: follow(log, projection, max_batch=max_batch))
             with anyio.fail_after(600):
                 await caught_up.wait()
             elapsed = time.perf_counter() - started
@@ -154,8 +158,8 @@ async def main(quick: bool) -> dict[str, Any]:
         written = time.perf_counter()
         await write_log(path, routes, events)
         written = time.perf_counter() - written
-        replays, catch_ups, singles, opens = [], [], [], []
-        final_routes = batches = 0
+        replays, catch_ups, small, singles, opens = [], [], [], [], []
+        final_routes = batches = small_batches = 0
         for _ in range(repeats):  # interleaved, so machine noise hits both alike
             opened, seconds, final_routes = await replay(path)
             opens.append(opened)
@@ -163,6 +167,9 @@ async def main(quick: bool) -> dict[str, Any]:
             seconds, caught_routes, batches = await catch_up_time(path, routes, head)
             assert caught_routes == final_routes
             catch_ups.append(seconds)
+            seconds, caught_routes, small_batches = await catch_up_time(path, routes, head, 10_000)
+            assert caught_routes == final_routes
+            small.append(seconds)
         for _ in range(max(1, repeats // 2)):
             singles.append(await one_at_a_time(path, routes, head))
         old_per_record = await old_fold_per_record(path, routes, sample)
@@ -181,6 +188,12 @@ async def main(quick: bool) -> dict[str, Any]:
         "replay_s": {"median": round(replay_s, 3), "runs": [round(x, 3) for x in replays]},
         "catch_up_s": {"median": round(catch_up_s, 3), "runs": [round(x, 3) for x in catch_ups]},
         "catch_up_plane_batches": batches,
+        "catch_up_10k_batches_s": {
+            "median": round(statistics.median(small), 3),
+            "runs": [round(x, 3) for x in small],
+            "plane_batches": small_batches,
+            "over_replay": round(statistics.median(small) / replay_s, 2),
+        },
         "catch_up_over_replay": round(catch_up_s / replay_s, 2),
         "one_record_at_a_time_s": round(statistics.median(singles), 3),
         "old_fold_copy_per_record_ms": round(old_per_record * 1000, 4),

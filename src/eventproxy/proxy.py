@@ -9,8 +9,9 @@ Theory of operation
 * Every ``add_route`` / ``delete_route`` becomes an event. Calls that arrive while an append is
   in flight are *group-committed*: the next append carries all of them as one atomic batch
   (one fsync), so a burst of 1,000 adds costs a handful of fsyncs, not 1,000.
-* After an append, the proxy *catches up*: it reads the new records from the log, folds them into
-  its table and applies the difference to the in-process data plane, synchronously (a routing
+* After an append, the proxy *catches up*: it folds the new records into its table (its own
+  batch as the log returned it, or, when another writer's records came first, read from the
+  log) and applies the difference to the in-process data plane, synchronously (a routing
   table change is one step; requests in flight keep their backend). Only then do the callers'
   awaits return: a route is visible when ``add_route`` returns.
 * The proxy also *follows* its log (``watch``): a batch appended by another writer (a second
@@ -578,7 +579,9 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         error: Exception | None = None
         refused: dict[str, str] = {}
         try:
-            records = await log.read(self._projection.seq + 1)
+            records = log.appended(seqs)  # our own batch, without reading it back
+            if records is None or records[0].seq > self._projection.seq + 1:
+                records = await log.read(self._projection.seq + 1)  # others' records first
             refused = self._apply_new(records)
             if self._traefik is not None:
                 await self._traefik.catch_up(log, self._table)

@@ -3,8 +3,11 @@
 It opens the log read-only, folds it, and follows it with one ``watch``: a task pumps the
 watched records into a bounded buffer, and the node takes whatever has arrived (up to
 ``CATCH_UP_BATCH`` records) as one batch, folded in place and applied to its routing table in
-one step. A node that fell behind by m records catches up in O(m) with few plane changes, about
-as fast as a replay; at the head, each record is applied as it arrives. Several
+one step: the plane gets only the batch's net difference, at most one change per route. A node
+that fell behind by m records on n routes catches up in O(m) folding plus at most
+n plane changes per batch; with batches as big as ``CATCH_UP_BATCH`` (100,000) that is about
+the work of a replay (fold m records, install n routes). At the head, each record is applied
+as it arrives. Several
 nodes may follow the same log (a file on one machine today; etcd later); none of them writes.
 If the writer compacts past a node's position, the node reloads from the snapshot and applies
 the difference.
@@ -38,7 +41,9 @@ __all__ = ["follow", "follow_log", "follow_log_node", "serve_log"]
 
 logger = logging.getLogger("eventproxy.serve")
 
-CATCH_UP_BATCH = 10_000  # records applied as one batch at most while behind the head
+# records applied as one batch at most while behind the head: big, so that a node far behind
+# changes each route of its plane about once (as a replay does), not once per small batch
+CATCH_UP_BATCH = 100_000
 _BEHIND = 1000  # a batch this big means the node is catching up: gather more for a moment
 _GATHER = 0.01  # seconds to wait for more records while catching up
 
@@ -71,14 +76,21 @@ async def follow_log(
 
 
 async def follow(
-    log: RouteLog, projection: PlaneProjection, *, on_batch: Callable[[], None] | None = None
+    log: RouteLog,
+    projection: PlaneProjection,
+    *,
+    on_batch: Callable[[], None] | None = None,
+    max_batch: int = CATCH_UP_BATCH,
 ) -> None:
-    """Apply ``log``'s records past ``projection.seq`` in batches until the log is closed.
+    """Apply ``log``'s records past ``projection.seq`` in batches (of at most ``max_batch``
+    records) until the log is closed.
 
     Raises :class:`CompactedError` when the log was compacted past the projection's position,
     :class:`LogResetError` when its store was wiped or restored from an older backup.
     """
-    send, receive = anyio.create_memory_object_stream[Record](CATCH_UP_BATCH)
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+    send, receive = anyio.create_memory_object_stream[Record](max_batch)
     failure: list[CompactedError | LogResetError] = []
 
     async def pump() -> None:
@@ -96,15 +108,15 @@ async def follow(
         tg.start_soon(pump)
         async for record in receive:
             batch = [record]
-            _drain(receive, batch)
-            while _BEHIND <= len(batch) < CATCH_UP_BATCH:
+            _drain(receive, batch, max_batch)
+            while min(_BEHIND, max_batch) <= len(batch) < max_batch:
                 # behind the head: a bigger batch coalesces more changes of the same routes
                 more = len(batch)
                 with anyio.move_on_after(_GATHER):
                     batch.append(await receive.receive())  # a memory stream loses nothing
                 if len(batch) == more:
                     break
-                _drain(receive, batch)
+                _drain(receive, batch, max_batch)
             projection.apply(batch)
             if on_batch is not None:
                 on_batch()
@@ -112,8 +124,8 @@ async def follow(
         raise failure[0]
 
 
-def _drain(receive: MemoryObjectReceiveStream[Record], batch: list[Record]) -> None:
-    while len(batch) < CATCH_UP_BATCH:
+def _drain(receive: MemoryObjectReceiveStream[Record], batch: list[Record], limit: int) -> None:
+    while len(batch) < limit:
         try:
             batch.append(receive.receive_nowait())
         except anyio.WouldBlock:

@@ -11,6 +11,7 @@ problems). Only the fields the data plane acts on are read; unknown fields are i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,6 +29,9 @@ __all__ = [
     "config_from_kv",
     "parse_dynamic_config",
 ]
+
+
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -59,7 +63,7 @@ class ServerSpec:
         if not parts.hostname:
             raise InvalidConfigError(f"server url {self.url!r} has no host")
         del port  # parsed above only to validate it
-        if any(ord(c) < 0x21 or ord(c) == 0x7F for c in self.url):
+        if _CONTROL_OR_SPACE.search(self.url):
             raise InvalidConfigError(f"server url {self.url!r} contains whitespace or controls")
 
     @property

@@ -181,12 +181,13 @@ class RoutingTable:
         return table, problems
 
     def _compile(self, spec: RouterSpec) -> _Compiled:
+        installed = self._installed.get(spec.name)
+        if installed is not None and installed.spec == spec:
+            return installed  # the same router (a new service for it): nothing to parse
         key = (-spec.effective_priority, spec.name)
         parsed = self._parsed.get(spec.rule)
         if parsed is None:
             rule = parse_rule(spec.rule)
-            if len(self._parsed) > 4 * len(self._installed) + 4096:
-                self._parsed.clear()
             parsed = self._parsed[spec.rule] = (rule, _plan(rule))
         return _Compiled(spec, parsed[0], key, parsed[1])
 
@@ -218,9 +219,33 @@ class RoutingTable:
         for name in [*removals, *disabled]:
             self._uninstall(name)
         for compiled, route in ready.values():
-            self._uninstall(compiled.spec.name)
-            self._install(compiled, route)
+            if self._installed.get(compiled.spec.name) is compiled:
+                self._replace(compiled, route)  # same rule and priority: swap the route only
+            else:
+                self._uninstall(compiled.spec.name)
+                self._install(compiled, route)
+        if len(self._parsed) > 2 * len(self._installed) + 4096:
+            self._parsed.clear()  # bounded (checked after the batch: it may be a bulk load)
         return problems
+
+    def _replace(self, compiled: _Compiled, route: Route) -> None:
+        """Give the installed router ``compiled`` a new route (service), where it stands."""
+        name = compiled.spec.name
+        self._routes[name] = route
+        cand: _Cand = (compiled.key, route)
+        if compiled.placements is None:
+            for i, entry in enumerate(self._fallback):
+                if entry[0][1] == name:
+                    self._fallback[i] = (entry[0], entry[1], route)
+            return
+        for p in compiled.placements:
+            node = self._tries[p.host]
+            for seg in p.segments if p.exact else p.segments[:-1]:
+                node = node.children[seg]
+            items = node.exact if p.exact else node.tails[p.segments[-1]]
+            for i, item in enumerate(items):
+                if item[0][1] == name:
+                    items[i] = cand
 
     def _install(self, compiled: _Compiled, route: Route) -> None:
         name = compiled.spec.name

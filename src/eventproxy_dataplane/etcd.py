@@ -74,6 +74,7 @@ __all__ = [
     "WatchBatch",
     "WatchEvent",
     "compare_mod_revision",
+    "compare_value",
     "compare_version",
     "delete_op",
     "parse_endpoints",
@@ -226,6 +227,11 @@ def range_op(key: bytes, range_end: bytes | None = None) -> dict[str, Any]:
 def compare_mod_revision(key: bytes, revision: int, result: str = "EQUAL") -> dict[str, Any]:
     """Compare a key's last modification revision (0: the key does not exist)."""
     return {"key": _b64(key), "target": "MOD", "result": result, "mod_revision": str(revision)}
+
+
+def compare_value(key: bytes, value: bytes, result: str = "EQUAL") -> dict[str, Any]:
+    """Compare a key's value with ``value`` (bytes)."""
+    return {"key": _b64(key), "target": "VALUE", "result": result, "value": _b64(value)}
 
 
 def compare_version(key: bytes, version: int, result: str = "EQUAL") -> dict[str, Any]:

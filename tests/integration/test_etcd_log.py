@@ -123,6 +123,44 @@ async def test_a_conflicting_plain_append_retries_and_expected_head_does_not(etc
         ]
 
 
+async def test_a_writer_appends_on_the_head_it_remembers_and_notices_when_it_moved(
+    etcd: Etcd,
+) -> None:
+    url = url_of(etcd, "remembered")
+    async with await open_log(url) as one, await open_log(url) as two:
+        assert isinstance(one, EtcdRouteLog)
+        calls = 0
+        real_call = one.client.call
+
+        async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return await real_call(*args, **kwargs)
+
+        one.client.call = counted  # type: ignore[method-assign]
+        assert await one.append([added(1)]) == [1]
+        assert await one.append([added(2)]) == [2]
+        first_two = calls
+        assert await one.append([added(3)]) == [3]
+        assert calls == first_two + 1  # on the head it wrote: one txn, no head read
+        assert one.appended([3]) == await one.read(3)
+        assert one.appended([2]) is None  # only the last batch is kept
+        # another writer moves the head: the stale txn fails, its failure branch returns the
+        # head, and the batch is renumbered on it (no gap, nothing written twice)
+        assert await two.append([added(4), added(5)]) == [4, 5]
+        calls = 0
+        assert await one.append([added(6)]) == [6]
+        assert calls == 2
+        with pytest.raises(AppendConflictError, match="expected head 5"):
+            await one.append([added(7)], expected_head=5)
+        assert [r.seq for r in await two.read()] == [1, 2, 3, 4, 5, 6]
+        # the keys are wiped under a writer that remembers head 6: reported, nothing written
+        await anyio.to_thread.run_sync(lambda: etcd.delete("remembered/", prefix=True))
+        with pytest.raises(LogResetError, match="wiped or restored from an older backup"):
+            await one.append([added(8)])
+        assert await anyio.to_thread.run_sync(etcd.get_prefix, "remembered/") == {}
+
+
 async def test_watch_survives_an_etcd_restart_and_an_etcd_compaction(etcd: Etcd) -> None:
     url = url_of(etcd)
     async with await open_log(url) as writer, await open_log(url, readonly=True) as reader:

@@ -148,6 +148,12 @@ class RouteLog(abc.ABC):
     async def aclose(self) -> None:
         """Release the log's resources (locks, files, connections)."""
 
+    def appended(self, seqs: Sequence[int]) -> list[Record] | None:
+        """The records of the batch this log object appended as ``seqs``, as stored, if it
+        still has them in memory (no I/O); ``None`` when it does not (then :meth:`read` them).
+        A writer applies its own batch with them instead of reading it back."""
+        return None
+
     def accept_reset(self) -> None:
         """After :class:`LogResetError`: follow the store's current history from now on.
 
@@ -289,6 +295,15 @@ class LocalRouteLog(RouteLog):
     def _check_open(self) -> None:
         if self._closed:
             raise LogClosedError(f"route log {self.url} is closed")
+
+    def appended(self, seqs: Sequence[int]) -> list[Record] | None:
+        if not seqs:
+            return None
+        try:
+            records = self._slice(seqs[0], len(seqs))
+        except CompactedError:
+            return None
+        return records if [r.seq for r in records] == list(seqs) else None
 
     def _writer_lock(self) -> anyio.Lock:
         """Serialises appends and compactions (made on first use, inside the event loop)."""

@@ -5,8 +5,11 @@ Theory of operation
 Keys, all under ``PREFIX/`` (the URL's path, default ``eventproxy``):
 
 * ``head`` -- msgpack ``{seq, log}``: the last seq and the *log id*, a random id made by the
-  first append. Every append is one txn that compares ``head``'s ``mod_revision`` with the one
-  it read, so seqs stay gap-free and a batch lands whole even with several writers.
+  first append. Every append is one txn that compares ``head``'s ``mod_revision`` and value with
+  the ones it last saw, so seqs stay gap-free and a batch lands whole even with several writers.
+  A writer remembers the head its last txn wrote and appends on it directly (one round trip);
+  when another writer moved it, the failed txn returns the current head (same round trip) and
+  the batch is numbered again on that.
 * ``b/<last seq, 20 digits>`` -- one appended batch: msgpack ``{first, data}`` where ``data`` is
   the msgpack list of its records, or ``{first, chunks: [keys]}`` when the batch is too big for
   one etcd request. Keyed by the *last* seq, so the batch holding seq N is the first key at or
@@ -69,6 +72,7 @@ from eventproxy_dataplane.etcd import (
     EtcdWatch,
     KeyValue,
     compare_mod_revision,
+    compare_value,
     delete_op,
     prefix_end,
     put_op,
@@ -166,6 +170,7 @@ class _Head:
     seq: int
     log_id: str
     mod_revision: int  # 0: no head key (an empty log)
+    value: bytes = b""  # the head key's bytes, as stored
 
     @classmethod
     def decode(cls, kv: KeyValue | None, where: str) -> _Head:
@@ -178,7 +183,7 @@ class _Head:
             raise CorruptLogError(f"{where}: the head key is not valid: {exc}") from None
         if type(seq) is not int or seq < 0 or type(log_id) is not str:
             raise CorruptLogError(f"{where}: the head key is not valid: {doc!r}")
-        return cls(seq, log_id, kv.mod_revision)
+        return cls(seq, log_id, kv.mod_revision, kv.value)
 
 
 @dataclass
@@ -267,6 +272,9 @@ class EtcdRouteLog(RouteLog):
         # consumer that breaks out of its loop) leaves its stream here, closed with the log
         self._streams: set[EtcdWatch] = set()
         self.identity = _Identity()
+        # the head this writer's last txn wrote or saw (None: read it before appending)
+        self._known_head: _Head | None = None
+        self._last_appended: list[Record] = []
         #: called with (connected, reason) when a watch loses or regains etcd
         self.on_connection: Callable[[bool, str], None] | None = None
 
@@ -529,14 +537,13 @@ class EtcdRouteLog(RouteLog):
         events = list(events)
         if not events:
             return []
+        head = self._known_head
+        if head is not None and expected_head is not None and expected_head != head.seq:
+            head = None  # what we saw last is not what the caller expects: ask etcd
         for _ in range(_MAX_ATTEMPTS):
             self._check_open()
-            before = self.identity.copy()
-            with _mapped(self.url, "append: read the head"):
-                result = await self.client.range(self._head_key)
-            head = _Head.decode(result.kvs[0] if result.kvs else None, self.url)
-            before.check(self.url, result.cluster_id, result.revision, head)
-            self.identity.merge(before)
+            if head is None:
+                head = await self._read_head()
             if expected_head is not None and expected_head != head.seq:
                 raise AppendConflictError(
                     f"{self.url}: expected head {expected_head}, but the log is at {head.seq}"
@@ -546,21 +553,43 @@ class EtcdRouteLog(RouteLog):
                 Record(seq=head.seq + 1 + i, ts=ts, actor=actor, event=event)
                 for i, event in enumerate(events)
             ]
-            if await self._commit(head, records):
+            current = await self._commit(head, records)
+            if current is None:
+                self._last_appended = records
                 return [r.seq for r in records]
             if expected_head is not None:
                 raise AppendConflictError(
                     f"{self.url}: expected head {expected_head}, but another writer appended first"
                 )
+            head = current
         raise AppendConflictError(
             f"{self.url}: gave up appending after {_MAX_ATTEMPTS} conflicts with other writers"
         )
 
-    async def _commit(self, head: _Head, records: list[Record]) -> bool:
-        """One attempt: True if the batch is in the log, False if another writer was first."""
+    def appended(self, seqs: Sequence[int]) -> list[Record] | None:
+        records = self._last_appended
+        if records and [r.seq for r in records] == list(seqs):
+            return list(records)
+        return None
+
+    async def _read_head(self) -> _Head:
+        """The head as etcd has it now, checked against what this reader has seen."""
+        before = self.identity.copy()
+        with _mapped(self.url, "append: read the head"):
+            result = await self.client.range(self._head_key)
+        head = _Head.decode(result.kvs[0] if result.kvs else None, self.url)
+        before.check(self.url, result.cluster_id, result.revision, head)
+        self.identity.merge(before)
+        self._known_head = head
+        return head
+
+    async def _commit(self, head: _Head, records: list[Record]) -> _Head | None:
+        """One attempt on ``head``: None once the batch is in the log; else the head another
+        writer left (the txn's failure branch reads it), checked against what we have seen."""
         first, last = records[0].seq, records[-1].seq
         with paused_gc():  # refused whole (InvalidRouteDataError) before anything is stored
             payload = encode_or_refuse(lambda: packb([record_to_wire(r) for r in records]), records)
+        self._known_head = None  # until this attempt's outcome is known
         chunks = await self._stage(self._chunks, last, payload)
         doc: dict[str, Any] = {"first": first}
         if chunks is None:
@@ -569,20 +598,20 @@ class EtcdRouteLog(RouteLog):
             doc["chunks"] = chunks
         value = packb(doc)
         log_id = head.log_id or uuid.uuid4().hex
+        head_value = packb({"seq": last, "log": log_id})
         batch_key = self._batch_key(last)
-        ops = [
-            put_op(batch_key, value),
-            put_op(self._head_key, packb({"seq": last, "log": log_id})),
-        ]
+        ops = [put_op(batch_key, value), put_op(self._head_key, head_value)]
+        compare = [compare_mod_revision(self._head_key, head.mod_revision)]
+        if head.mod_revision:  # and the very bytes we saw: a foreign head never matches
+            compare.append(compare_value(self._head_key, head.value))
+        before = self.identity.copy()
         try:
             with _mapped(self.url, f"append seqs {first}..{last}"):
                 try:
-                    result = await self.client.txn(
-                        [compare_mod_revision(self._head_key, head.mod_revision)], ops
-                    )
+                    result = await self.client.txn(compare, ops, [range_op(self._head_key)])
                 except EtcdOutcomeUnknownError:
                     if await self._landed(batch_key, value):
-                        return True
+                        return None
                     raise
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -590,9 +619,17 @@ class EtcdRouteLog(RouteLog):
             raise
         if not result.succeeded:
             await self._unstage(chunks)
-            return False
-        self.identity.log_id = self.identity.log_id or log_id
-        return True
+            kvs = result.range_kvs(0)
+            current = _Head.decode(kvs[0] if kvs else None, self.url)
+            before.check(self.url, result.cluster_id, result.revision, current)
+            self.identity.merge(before)
+            self._known_head = current
+            return current
+        written = _Head(last, log_id, result.revision, head_value)
+        before.check(self.url, result.cluster_id, result.revision, written)
+        self.identity.merge(before)
+        self._known_head = written
+        return None
 
     async def _landed(self, key: bytes, value: bytes) -> bool:
         """After a lost answer: is ``value`` at ``key``? (Asked of any member that answers.)"""
