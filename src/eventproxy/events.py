@@ -279,19 +279,44 @@ def records_from_wire(items: object, *, where: str) -> list[Record]:
             if type(item) is not dict or item["v"] != SCHEMA_VERSION:
                 raise _SlowPath
             seq, ts, actor, kind = item["seq"], item["ts"], item["actor"], item["type"]
-            if type(seq) is not int or type(actor) is not str or type(ts) is not datetime:
+            if (
+                type(seq) is not int
+                or seq < 1
+                or type(actor) is not str
+                or type(ts) is not datetime
+                or ts.tzinfo is None
+            ):
                 raise _SlowPath
+            # the same checks as the constructors (__post_init__), without the dataclass
+            # __init__ around them (measured: about half of the decoding time)
             event: Event
             if kind == "route_added" and len(item) == 8:
-                event = RouteAdded(item["routespec"], item["target"], item["data"])
+                data = item["data"]
+                if type(data) is not dict:
+                    raise _SlowPath
+                event = _new(RouteAdded)
+                _set(event, "routespec", validate_routespec(item["routespec"]))
+                _set(event, "target", _check_target(item["target"]))
+                _set(event, "data", _checked_data(data))
             elif kind == "route_removed" and len(item) == 6:
-                event = RouteRemoved(item["routespec"])
+                event = _new(RouteRemoved)
+                _set(event, "routespec", validate_routespec(item["routespec"]))
             else:
                 raise _SlowPath
-            out.append(Record(seq, ts, actor, event))
+            record = _new(Record)
+            _set(record, "seq", seq)
+            _set(record, "ts", ts)
+            _set(record, "actor", actor)
+            _set(record, "event", event)
+            _set(record, "v", SCHEMA_VERSION)
+            out.append(record)
         except (_SlowPath, KeyError, TypeError, ValueError):
             out.append(record_from_wire(item, where=where))  # raises, naming the problem
     return out
+
+
+_new = object.__new__
+_set = object.__setattr__
 
 
 class _SlowPath(Exception):

@@ -18,7 +18,14 @@ from eventproxy import (
     RouteRemoved,
     UnsupportedSchemaError,
 )
-from eventproxy.events import decode_record, encode_record, packb, record_to_wire
+from eventproxy.events import (
+    decode_record,
+    encode_record,
+    packb,
+    record_to_wire,
+    records_from_wire,
+    unpackb,
+)
 
 TS = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -132,3 +139,47 @@ def _wire(**changes: object) -> bytes:
 def test_bad_records_refused_naming_the_position(payload: bytes, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         decode_record(payload, where="test-log at byte offset 99")
+
+
+@given(
+    spec=routespecs,
+    data=route_data,
+    seq=st.integers(1, 2**40),
+    actor=st.text(max_size=10),
+    removed=st.booleans(),
+)
+def test_batch_decoding_builds_what_the_constructors_build(
+    spec: str, data: dict, seq: int, actor: str, removed: bool
+) -> None:
+    """The replay fast path (``records_from_wire``) skips the dataclass constructors: it must
+    build equal records, with the normalised routespec and a copy of the data."""
+    event = RouteRemoved(spec) if removed else RouteAdded(spec, "http://127.0.0.1:8888", data)
+    records = [Record(seq=seq, ts=TS, actor=actor, event=event)]
+    records.append(Record(seq=seq + 1, ts=TS, actor=actor, event=RouteRemoved("/user/a")))
+    decoded = records_from_wire(unpackb(packb([record_to_wire(r) for r in records])), where="t")
+    assert decoded == records
+    assert [repr(r) for r in decoded] == [repr(r) for r in records]
+    assert decoded[1].event.routespec == "/user/a/"
+    if not removed:
+        assert decoded[0].event.data is not records[0].event.data
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"v": 2}, UnsupportedSchemaError, "schema version 2"),
+        ({"seq": 0}, CorruptLogError, "positive int"),
+        ({"seq": "7"}, CorruptLogError, "'seq' has type str"),
+        ({"routespec": "/a/../b/"}, CorruptLogError, r"seq 7\).*dot segment"),
+        ({"target": "ftp://h/"}, CorruptLogError, "target"),
+        ({"data": [1]}, CorruptLogError, "data"),
+    ],
+)
+def test_batch_decoding_refuses_what_single_decoding_refuses(
+    change: dict, error: type, match: str
+) -> None:
+    good = record_to_wire(Record(seq=6, ts=TS, actor="hub", event=RouteAdded("/b/", "http://h:1")))
+    bad = record_to_wire(Record(seq=7, ts=TS, actor="hub", event=RouteAdded("/a/", "http://h:1")))
+    bad.update(change)
+    with pytest.raises(error, match=match):
+        records_from_wire(unpackb(packb([good, bad])), where="test-log")

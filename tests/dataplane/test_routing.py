@@ -427,3 +427,34 @@ def repr_rule(path: str) -> str:
     from eventproxy_dataplane._rules import Matcher, format_rule
 
     return format_rule(Matcher("Path", path))[len("Path(") : -1]
+
+
+def test_a_router_given_a_new_service_is_routed_to_it_where_it_stands() -> None:
+    """Re-upserting an unchanged router with another service swaps the route in place (trie
+    exact and prefix entries, the fallback list); the rule is not parsed again."""
+    specs = [
+        RouterSpec("prefix", "PathPrefix(`/user/a/`) || Path(`/user/a`)", "s", None),
+        RouterSpec("fallback", "PathPrefix(`/x/`) && !Path(`/x/no`)", "s", None),
+        RouterSpec("hub", "PathPrefix(`/`)", "s", 1),
+    ]
+    t = RoutingTable()
+    assert t.apply([(s, svc("s", 8000)) for s in specs], []) == []
+    compiled = {name: t._installed[name] for name in ("prefix", "fallback")}
+    assert t.apply([(specs[0], svc("s", 8001)), (specs[1], svc("s", 8002))], []) == []
+    assert t._installed["prefix"] is compiled["prefix"]  # the same compiled router, kept
+    assert t._installed["fallback"] is compiled["fallback"]
+    for target, router, port in [
+        ("/user/a/lab", "prefix", 8001),
+        ("/user/a", "prefix", 8001),
+        ("/x/yes", "fallback", 8002),
+        ("/x/no", "hub", 8000),
+    ]:
+        route = t.lookup("hub.example", target.encode())
+        assert route == t.brute_force_lookup("hub.example", target.encode())
+        assert route is not None and route.router == router
+        assert route.service.servers[0].port == port
+    # a changed rule for the same name is reinstalled, not swapped
+    moved = RouterSpec("prefix", "PathPrefix(`/user/b/`)", "s", None)
+    assert t.apply([(moved, svc("s", 8003))], []) == []
+    assert pick(t, "/user/a/lab") == "hub"
+    assert pick(t, "/user/b/lab") == "prefix"

@@ -357,11 +357,14 @@ class EtcdRouteLog(RouteLog):
         if not isinstance(doc, dict):
             raise CorruptLogError(f"{where}: not a batch")
         payload = await self._payload(doc, where, revision or kv.mod_revision)
-        try:
-            items = unpackb(payload)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
-            raise CorruptLogError(f"{where}: records are not msgpack: {exc}") from None
-        records = records_from_wire(items, where=where)
+        # many small objects that stay alive: the collector would rescan them over and over
+        # (measured: a third of a replay); paused for this one synchronous step only
+        with paused_gc():
+            try:
+                items = unpackb(payload)
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
+                raise CorruptLogError(f"{where}: records are not msgpack: {exc}") from None
+            records = records_from_wire(items, where=where)
         expected = list(range(records[0].seq, records[0].seq + len(records)))
         if [r.seq for r in records] != expected or doc.get("first") != records[0].seq:
             raise CorruptLogError(f"{where}: seqs are not contiguous", seq=records[0].seq)
@@ -505,7 +508,11 @@ class EtcdRouteLog(RouteLog):
                     first_available=table.seq,
                 )
             try:
-                records = await self.read(table.seq + 1)
+                # the collector paused for the whole read, not per batch: re-enabling it after
+                # each batch collected at once (measured: a fifth of a replay). Across awaits,
+                # so other tasks run with it paused too: it only defers cyclic garbage.
+                with paused_gc():
+                    records = await self.read(table.seq + 1)
             except CompactedError:
                 continue
             if at is not None:
