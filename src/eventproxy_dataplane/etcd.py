@@ -14,6 +14,12 @@ Theory of operation
 * A write whose request went out but whose answer never came may or may not have been applied:
   it raises :class:`EtcdOutcomeUnknownError` and is never resent blindly. (The route log
   resolves such an outcome by reading what it wrote.)
+* Every request but a serializable read asks for a member with a leader
+  (``grpc-metadata-hasleader``): a member without one refuses at once, nothing proposed, and the
+  next endpoint is tried. When every member refuses so (the cluster is electing a leader), the
+  round is repeated with a short back-off until ``timeout``, then "no quorum" is raised: an
+  election is ridden out, a lost quorum is reported within the timeout. A write refused with
+  "leader changed" may have been applied: it raises :class:`EtcdOutcomeUnknownError`.
 * A linearizable read that a member accepts but cannot serve (no quorum) times out; the client
   then asks that member's ``/v3/maintenance/status`` (served locally) whether it has a leader,
   and reports "no quorum" rather than a bare time-out.
@@ -40,6 +46,7 @@ import base64
 import contextlib
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -337,11 +344,25 @@ _UNKNOWN_OUTCOME = ("request timed out", "context deadline exceeded", "timed out
 class _Retry(Exception):
     """Internal: this endpoint failed before the request took effect; try the next one."""
 
-    def __init__(self, endpoint: str, what: str, *, no_quorum: bool = False) -> None:
+    def __init__(
+        self, endpoint: str, what: str, *, no_quorum: bool = False, leaderless: bool = False
+    ) -> None:
         super().__init__(what)
         self.endpoint = endpoint
         self.what = what
-        self.no_quorum = no_quorum
+        self.no_quorum = no_quorum or leaderless
+        # the member refused at once, having no leader (nothing was proposed): worth asking
+        # again while the cluster elects one
+        self.leaderless = leaderless
+
+
+class _Unavailable(Exception):
+    """Internal: no endpoint served a request (each one's failure in ``failures``)."""
+
+    def __init__(self, failures: list[_Retry]) -> None:
+        super().__init__("unavailable")
+        self.failures = failures
+        self.leaderless = bool(failures) and all(f.leaderless for f in failures)
 
 
 def _describe(exc: BaseException) -> str:
@@ -508,7 +529,9 @@ class EtcdClient:
             return {"message": resp.text[:200]}
         return doc
 
-    def _raise_for(self, endpoint: str, what: str, message: str, *, write: bool) -> None:
+    def _raise_for(
+        self, endpoint: str, what: str, message: str, *, write: bool, status: int = 0
+    ) -> None:
         lowered = message.lower()
         if "request is too large" in lowered:
             raise EtcdRequestTooLargeError(
@@ -538,8 +561,14 @@ class EtcdClient:
                 "username was configured",
                 endpoint=endpoint,
             )
+        if write and "leader changed" in lowered:
+            raise EtcdOutcomeUnknownError(
+                f"etcd {endpoint}: {what}: the leader changed while it was proposed ({message}); "
+                "it may or may not have been applied",
+                endpoint=endpoint,
+            )
         if any(s in lowered for s in _NO_LEADER):
-            raise _Retry(endpoint, f"no quorum ({message})", no_quorum=True)
+            raise _Retry(endpoint, f"no quorum ({message})", leaderless=True)
         if any(s in lowered for s in _UNKNOWN_OUTCOME):
             if write:
                 raise EtcdOutcomeUnknownError(
@@ -554,6 +583,16 @@ class EtcdClient:
                 "(was the store wiped or restored from a backup?)",
                 endpoint=endpoint,
             )
+        if status in (502, 503):
+            # the gateway could not reach its member's gRPC server (it is stopping, or gone):
+            # gRPC's "unavailable". A read goes to the next member; a write may have got there
+            if write:
+                raise EtcdOutcomeUnknownError(
+                    f"etcd {endpoint}: {what}: the member became unavailable ({message}); it "
+                    "may or may not have been applied",
+                    endpoint=endpoint,
+                )
+            raise _Retry(endpoint, f"unavailable (HTTP {status}: {message})")
         raise EtcdError(f"etcd {endpoint}: {what} failed: {message}", endpoint=endpoint)
 
     async def _diagnose_timeout(self, endpoint: str) -> bool:
@@ -566,7 +605,13 @@ class EtcdClient:
         return not status.has_leader
 
     async def call(
-        self, path: str, body: Mapping[str, Any], *, write: bool, what: str | None = None
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        write: bool,
+        what: str | None = None,
+        patience: float | None = None,
     ) -> dict[str, Any]:
         """POST ``body`` to ``path`` (``/v3/kv/range``...) on the first member that serves it."""
         what = what or path.rsplit("/", 1)[-1]
@@ -581,11 +626,33 @@ class EtcdClient:
             )
         content = json.dumps(body, separators=(",", ":"))
         http = await self._client()
+        # a member without a leader refuses at once (instead of holding the request until it
+        # times out, when a write's outcome would be unknown); a serializable read needs none
+        leader = not body.get("serializable")
+        deadline = time.monotonic() + (self.options.timeout if patience is None else patience)
+        delay = 0.05
+        while True:
+            try:
+                return await self._call_once(http, path, content, what, write, leader)
+            except _Unavailable as exc:
+                # every member refused for want of a leader: the cluster is electing one (or
+                # has lost its quorum); ask again until the timeout, then say so
+                if not exc.leaderless or time.monotonic() + delay > deadline:
+                    self._raise_unavailable(what, exc.failures)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    async def _call_once(
+        self, http: httpx.AsyncClient, path: str, content: str, what: str, write: bool, leader: bool
+    ) -> dict[str, Any]:
+        """One round over the endpoints: the first answer, or :class:`_Unavailable`."""
         failures: list[_Retry] = []
         for i, endpoint in enumerate(self._order()):
             for attempt in range(2):  # the second one after renewing an expired token
                 try:
                     headers = await self._headers(endpoint, renew=attempt > 0)
+                    if leader:
+                        headers["grpc-metadata-hasleader"] = "true"
                     with _mapped(endpoint, what, sent_write=write):
                         resp = await http.post(
                             f"{endpoint}{path}", content=content, headers=headers
@@ -600,7 +667,7 @@ class EtcdClient:
                     if resp.status_code in (502, 503) and not message:
                         raise _Retry(endpoint, f"HTTP {resp.status_code}")
                     self._raise_for(endpoint, what, message or f"HTTP {resp.status_code}",
-                                    write=write)  # fmt: skip
+                                    write=write, status=resp.status_code)  # fmt: skip
                 except _Retry as failure:
                     if "no answer" in failure.what and await self._diagnose_timeout(endpoint):
                         failure = _Retry(
@@ -610,8 +677,7 @@ class EtcdClient:
                         )
                     failures.append(failure)
                 break
-        self._raise_unavailable(what, failures)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise _Unavailable(failures)
 
     def _raise_unavailable(self, what: str, failures: list[_Retry]) -> None:
         detail = "; ".join(f"{f.endpoint}: {f.what}" for f in failures)
@@ -672,10 +738,14 @@ class EtcdClient:
         compare: Sequence[Mapping[str, Any]],
         success: Sequence[Mapping[str, Any]],
         failure: Sequence[Mapping[str, Any]] = (),
+        *,
+        patience: float | None = None,
     ) -> TxnResult:
+        """``patience``: how long to keep asking while no member has a leader (default: the
+        client's timeout)."""
         body = {"compare": list(compare), "success": list(success), "failure": list(failure)}
         write = any("request_range" not in op for op in (*success, *failure))
-        doc = await self.call("/v3/kv/txn", body, write=write)
+        doc = await self.call("/v3/kv/txn", body, write=write, patience=patience)
         rev, cluster = _header(doc)
         return TxnResult(bool(doc.get("succeeded")), rev, list(doc.get("responses") or []), cluster)
 
@@ -898,8 +968,9 @@ class EtcdWatch:
                         if "invalid auth token" in message and attempt == 0:
                             continue
                         client._raise_for(
-                            endpoint, "watch", message or f"HTTP {status}", write=False
-                        )
+                            endpoint, "watch", message or f"HTTP {status}", write=False,
+                            status=status,
+                        )  # fmt: skip
                     self.endpoint = endpoint
                     self._lines = lines
                     first = await self._next_result()

@@ -33,6 +33,7 @@ from eventproxy.log.etcd import EtcdRouteLog
 from eventproxy_dataplane.etcd import (
     EtcdClient,
     EtcdOptions,
+    EtcdOutcomeUnknownError,
     EtcdRequestTooLargeError,
     EtcdUnavailableError,
     put_op,
@@ -159,6 +160,40 @@ async def test_a_writer_appends_on_the_head_it_remembers_and_notices_when_it_mov
         with pytest.raises(LogResetError, match="wiped or restored from an older backup"):
             await one.append([added(8)])
         assert await anyio.to_thread.run_sync(etcd.get_prefix, "remembered/") == {}
+
+
+async def test_a_commit_whose_answer_was_lost_is_settled_by_fencing_the_head(etcd: Etcd) -> None:
+    """The member dies with the txn sent: the batch may be in the log or may still land.
+    The writer fences the head (so a queued txn can never apply) and finds out which."""
+    url = url_of(etcd, "fenced")
+    async with await open_log(url) as log:
+        assert isinstance(log, EtcdRouteLog)
+        await log.append([added(1)])
+        real_txn = log.client.txn
+        lose: str | None = None
+
+        async def lossy(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal lose
+            what, lose = lose, None
+            if what == "after":  # applied, the answer lost
+                await real_txn(*args, **kwargs)
+            if what is not None:
+                raise EtcdOutcomeUnknownError("etcd x: no answer (test)", endpoint="x")
+            return await real_txn(*args, **kwargs)
+
+        log.client.txn = lossy  # type: ignore[method-assign]
+        lose = "after"
+        assert await log.append([added(2)]) == [2]  # found in the log: not written twice
+        lose = "before"  # never reached etcd: fenced, then renumbered on the same head
+        assert await log.append([added(3)]) == [3]
+        lose = "before"
+        assert await log.append([added(4)], expected_head=3) == [4]
+        assert [(r.seq, r.event.routespec) for r in await log.read()] == [
+            (1, "/user/u1/"),
+            (2, "/user/u2/"),
+            (3, "/user/u3/"),
+            (4, "/user/u4/"),
+        ]
 
 
 async def test_watch_survives_an_etcd_restart_and_an_etcd_compaction(etcd: Etcd) -> None:

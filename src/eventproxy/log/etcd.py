@@ -55,7 +55,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -228,15 +228,21 @@ class _Identity:
         self.revision = max(self.revision, other.revision)
         self.head = max(self.head, other.head)
 
-    def check_event(self, url: str, head: _Head | None) -> None:
-        """A watched change of the head key (historic: older than reads made since). Only a
-        new log id or a deleted head can say the store was reset."""
+    def check_event(self, url: str, head: _Head | None, revision: int) -> None:
+        """A watched change of the head key, at ``revision`` (historic: maybe older than reads
+        made since). Only a new log id or a deleted head can say the store was reset; what
+        it shows is remembered (the log id, the highest head and revision), so that a later
+        wipe or an older backup is noticed by a follower that has only watched so far (it
+        read the log when it was empty or at an older head)."""
         if head is None:
-            if self.head:
+            if self.head or self.log_id:
                 self.check(url, "", self.revision, _Head(0, "", 0))
             return
         if self.log_id and head.log_id and head.log_id != self.log_id:
             self.check(url, "", self.revision, head)
+        self.log_id = self.log_id or head.log_id
+        self.head = max(self.head, head.seq)
+        self.revision = max(self.revision, revision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,11 +570,11 @@ class EtcdRouteLog(RouteLog):
             if current is None:
                 self._last_appended = records
                 return [r.seq for r in records]
-            if expected_head is not None:
+            if expected_head is not None and current.seq != expected_head:
                 raise AppendConflictError(
                     f"{self.url}: expected head {expected_head}, but another writer appended first"
                 )
-            head = current
+            head = current  # (at the expected seq still: only fenced after a lost answer)
         raise AppendConflictError(
             f"{self.url}: gave up appending after {_MAX_ATTEMPTS} conflicts with other writers"
         )
@@ -617,9 +623,17 @@ class EtcdRouteLog(RouteLog):
                 try:
                     result = await self.client.txn(compare, ops, [range_op(self._head_key)])
                 except EtcdOutcomeUnknownError:
-                    if await self._landed(batch_key, value):
-                        return None
-                    raise
+                    settled = await self._settle(head, batch_key, value)
+                    if settled is None:
+                        raise
+                    if not isinstance(settled, tuple):
+                        return None  # landed (its head's revision unknown: read next time)
+                    await self._unstage(chunks)
+                    current, cluster_id, revision = settled
+                    before.check(self.url, cluster_id, revision, current)
+                    self.identity.merge(before)
+                    self._known_head = current
+                    return current  # not in the log, and never will be: renumber
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._unstage(chunks)
@@ -636,6 +650,50 @@ class EtcdRouteLog(RouteLog):
         before.check(self.url, result.cluster_id, result.revision, written)
         self.identity.merge(before)
         self._known_head = written
+        return None
+
+    async def _settle(
+        self, head: _Head, key: bytes, value: bytes
+    ) -> Literal[True] | tuple[_Head, str, int] | None:
+        """After a commit's answer was lost (say its member died): did the batch land?
+
+        A txn still queued in the cluster could apply later, so "not there yet" proves nothing.
+        Instead the head is *fenced*: one txn rewrites it unchanged if it is still ``head``
+        (which moves its ``mod_revision``, so the lost txn's compare can never hold), and else
+        reads the batch key. Returns True (it landed), ``(head, cluster id, revision)`` to
+        renumber on (it did not land, and never will), or None (etcd did not settle it within
+        half the client's timeout, e.g. it has no quorum: still unknown, and the caller says
+        so; the whole append thus fails within 1.5 timeouts)."""
+        if not head.mod_revision:  # an empty log has no head to fence
+            return True if await self._landed(key, value) else None
+        deadline = anyio.current_time() + self.client.options.timeout / 2
+        delay = 0.05
+        while (left := deadline - anyio.current_time()) > 0:
+            try:
+                fence = await self.client.txn(
+                    [
+                        compare_mod_revision(self._head_key, head.mod_revision),
+                        compare_value(self._head_key, head.value),
+                    ],
+                    [put_op(self._head_key, head.value)],
+                    [range_op(key)],
+                    patience=left,
+                )
+                if fence.succeeded:  # still the old head, now fenced
+                    fenced = _Head(head.seq, head.log_id, fence.revision, head.value)
+                    return fenced, fence.cluster_id, fence.revision
+                kvs = fence.range_kvs(0)
+                if kvs and kvs[0].value == value:
+                    return True
+                # the head moved without our batch: another writer's won, and ours (comparing
+                # the old head) can never apply; renumber on the head as it is now
+                current = await self.client.range(self._head_key)
+            except EtcdError:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            now = _Head.decode(current.kvs[0] if current.kvs else None, self.url)
+            return now, current.cluster_id, current.revision
         return None
 
     async def _landed(self, key: bytes, value: bytes) -> bool:
@@ -814,9 +872,10 @@ class _EtcdWatch(AsyncIterator[Record]):
             key = event.kv.key
             if key == log._head_key:
                 if event.type == "DELETE":
-                    log.identity.check_event(log.url, None)
+                    log.identity.check_event(log.url, None, batch.revision)
                 else:
-                    log.identity.check_event(log.url, _Head.decode(event.kv, log.url))
+                    head = _Head.decode(event.kv, log.url)
+                    log.identity.check_event(log.url, head, event.kv.mod_revision)
             elif key.startswith(log._batches) and event.type == "PUT":
                 try:
                     records = await log._decode_batch(event.kv, event.kv.mod_revision)
