@@ -11,6 +11,10 @@ benchmark on 127.0.0.1:C, one JSON object per line, each answered by one line on
 ``add``/``delete`` return when ``add_route``/``delete_route`` return (the change is durable
 and routed), exactly as JupyterHub's calls would. ``stats`` reports what the leak checks need:
 routers with an activity record or with counters, and pooled idle backend connections.
+
+``--external ADMIN_URL``: the hub of a standalone node instead (``data_plane = "external"``):
+it serves nothing itself, appends to the log the node follows and returns from
+``add_route``/``delete_route`` once the node's ``/health?min_seq=`` says it has the change.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ async def handle(proxy: EventProxy, request: dict[str, Any]) -> dict[str, Any]:
         await proxy.delete_route(request["routespec"])
     elif op == "stats":
         plane = proxy._plane
-        assert plane is not None
+        if plane is None:  # an external plane: the node reports for itself
+            return {"ok": True, "routes": len(await proxy.get_all_routes())}
         return {
             "ok": True,
             "routes": len(plane.table),
@@ -46,8 +51,11 @@ async def handle(proxy: EventProxy, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
-async def main(log_url: str, port: int, control_port: int) -> None:
+async def main(log_url: str, port: int, control_port: int, external: str | None) -> None:
     proxy = EventProxy(public_url=f"http://127.0.0.1:{port}/", log_url=log_url)
+    if external is not None:
+        proxy.data_plane = "external"
+        proxy.data_plane_endpoints = [external]
     await proxy.start()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,8 +86,9 @@ if __name__ == "__main__":
     parser.add_argument("--log-url", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control-port", type=int, required=True)
+    parser.add_argument("--external", metavar="ADMIN_URL", help="a node's admin URL")
     args = parser.parse_args()
     from bench._tracemem import install
 
     install("hub")
-    asyncio.run(main(args.log_url, args.port, args.control_port))
+    asyncio.run(main(args.log_url, args.port, args.control_port, args.external))

@@ -5,8 +5,10 @@ driver, all sharing the backends, so machine noise hits them alike):
 
 * ``eventproxy`` -- ``EventProxy`` with its in-process data plane, in a stand-in hub process
   (:mod:`bench._soak_hub`), routes changed through ``add_route``/``delete_route``;
-* ``node`` -- a standalone node, ``eventproxy dataplane --log-url file://...``, following a log
-  the benchmark appends to;
+* ``node`` -- a standalone node, ``eventproxy dataplane --log-url file://...``, following the
+  log that a second stand-in hub writes (``EventProxy`` with ``data_plane = "external"``: the
+  production shape, a hub appending and nodes following; its ``add_route`` returns once the
+  node's ``/health?min_seq=`` has the change);
 * ``chp`` -- configurable-http-proxy, routes changed through its REST API.
 
 Workload per proxy (:mod:`bench._soak_load`): 1,000 user routes, each to its own backend port
@@ -45,8 +47,7 @@ import httpx
 
 from bench._soak_load import LOOPBACK, Workload
 from bench._support import ROOT, ChildProcess, free_port, port_accepts, wait_until
-from eventproxy import RouteAdded, RouteRemoved
-from eventproxy.log import AUTO_COMPACT_RECORDS, FileRouteLog
+from eventproxy.log import FileRouteLog
 from support.chp import CHP
 from support.procnet import TcpSocket, open_fds, rss_bytes, states_to, tcp_sockets
 from support.tools import ToolMissing, ensure_chp
@@ -103,23 +104,6 @@ class HubControl:
 
     async def close(self) -> None:
         pass
-
-
-class LogControl:
-    """Route changes appended to the file log a standalone node follows."""
-
-    grace = 1.0  # the node applies an append shortly after it (it follows the file)
-
-    def __init__(self, log: FileRouteLog) -> None:
-        self.log = log
-
-    # Shielded: a driver timeout must not cancel an append while its write is in flight; that
-    # corrupts a file log today (tests/core/test_file_log_cancel.py, an expected failure).
-    async def add(self, spec: str, target: str) -> None:
-        await asyncio.shield(self.log.append([RouteAdded(spec, target, {"user": "soak"})]))
-
-    async def delete(self, spec: str) -> None:
-        await asyncio.shield(self.log.append([RouteRemoved(spec)]))
 
 
 class CHPControl:
@@ -211,8 +195,8 @@ def start_hub(stack: ExitStack, workdir: Path) -> Running:
 
 
 async def start_node(stack: ExitStack, workdir: Path) -> Running:
-    # as EventProxy opens its log (open_log): compacting itself, so memory stays bounded
-    log = await FileRouteLog.open(workdir / "node-routes.log", auto_compact=AUTO_COMPACT_RECORDS)
+    path = workdir / "node-routes.log"
+    await (await FileRouteLog.open(path)).aclose()  # the file the node opens; the hub writes it
     port, admin = free_port(), free_port()
     argv = [
         sys.executable,
@@ -221,7 +205,7 @@ async def start_node(stack: ExitStack, workdir: Path) -> Running:
         " from eventproxy.cli import main; sys.exit(main())",
         "dataplane",
         "--log-url",
-        f"file://{workdir}/node-routes.log",
+        f"file://{path}",
         "--listen",
         f"{LOOPBACK}:{port}",
         "--admin",
@@ -230,9 +214,25 @@ async def start_node(stack: ExitStack, workdir: Path) -> Running:
     child = ChildProcess(limited(argv), log_path=workdir / "node.log", cwd=ROOT)
     stack.callback(child.stop)
     wait_until(lambda: port_accepts(admin), timeout=60, what="node", alive=child.check_alive)
+    control = free_port()
+    writer = [
+        sys.executable,
+        "-m",
+        "bench._soak_hub",
+        "--log-url",
+        f"file://{path}",
+        "--port",
+        str(port),
+        "--control-port",
+        str(control),
+        "--external",
+        f"http://{LOOPBACK}:{admin}",
+    ]
+    hub = ChildProcess(writer, log_path=workdir / "node-hub.log", cwd=ROOT)
+    stack.callback(hub.stop)
+    wait_until(lambda: port_accepts(control), timeout=60, what="node's hub", alive=hub.check_alive)
     running = Running("node", child.pid, port, info={"nofile": NOFILE})
-    running.close.append(log.aclose)
-    running.info["control"] = LogControl(log)
+    running.info["control"] = HubControl(control)
 
     async def stats() -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=10) as client:
