@@ -49,6 +49,7 @@ CATEGORIES = {
     "h11 (parse, validate, serialise)": r"\(h11/",
     "httptools (llhttp) and its adapter": r"\(httptools/|_parse_httptools\.py",
     "h11 adapter (parser interface)": r"_parse_h11\.py",
+    "response framing (serialising heads and chunks, _wire.py)": r"_wire\.py",
     "wsproto": r"\(wsproto/",
     "socket send (byte stream .send: anyio, trio or asyncio-Protocol edge)": (
         r"^(SocketStream|FastStream)\.send"

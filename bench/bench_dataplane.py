@@ -88,13 +88,14 @@ class Plan:
 
     routes: int = 1000
     rounds: int = 3
-    duration: float = 4.0
+    duration: float = 3.0
     warmup: float = 2.0
     connections: int = 50
     backends: tuple[str, ...] = BACKENDS
     threads: tuple[int, ...] = THREADS
     paths: tuple[str, ...] = PATHS
     kinds: tuple[str, ...] = KINDS
+    parsers: tuple[str, ...] = ()  # only these of the detected parsers; () = every one
     ws_round_trips: int = 2000
     profile_duration: float = 10.0  # 0: no profile
     lookup: str = "full"  # "full" (100 / 1,000 / 10,000 routes), "quick" (100 / 1,000), ""
@@ -222,11 +223,13 @@ def measure_matrix(
     """Rounds over every cell; per cell the targets alternate. (results, errors) by cell key."""
     live = {b: _measured(ts, plan) for b, ts in targets.items()}
     if plan.warmup >= 1:
+        # per path set: node's JIT (CHP) and every pool warm on what the rounds will send
         for backend, names in live.items():
-            warm = Shape(backend, max(plan.threads), "all")
             for name in list(names):
                 try:
-                    _load(targets[backend][name], warm, plan, plan.warmup)
+                    for paths in plan.paths:
+                        warm = Shape(backend, max(plan.threads), paths)
+                        _load(targets[backend][name], warm, plan, plan.warmup)
                 except LoadError as exc:
                     t = targets[backend][name]
                     t.status, t.reason = ERROR, f"warm-up failed: {exc}"[:2000]
@@ -337,6 +340,8 @@ def run_plan(plan: Plan, results_dir: Path) -> dict[str, Any]:
     load_before = _loadavg()  # other work on the machine skews the numbers: recorded, not hidden
     started = time.time()
     variants, detected = eventproxy_variants(plan.kinds)
+    if plan.parsers:
+        variants = [v for v in variants if not v.parser or v.parser in plan.parsers]
     cells = shapes(plan.backends, plan.threads, plan.paths)
     with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as tmp, ExitStack() as stack:
         targets = start_targets(stack, Path(tmp), plan, variants)
