@@ -216,15 +216,15 @@ def test_node_options_are_honoured_with_either_source(tmp_path: Path, source: st
         sys.executable, "-m", "eventproxy.cli", "dataplane", "--json", *where,
         "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
         "--loop", "asyncio", "--io-edge", "anyio", "--header-timeout", "0.5",
-        "--connect-timeout", "2.5", "--error-target", pages.url,
+        "--connect-timeout", "2.5", "--error-target", pages.url, "--parser", "h11",
     ]  # fmt: skip
     child = ChildProcess(argv, log_path=tmp_path / "node.log")
     try:
         ready = read_ready_line(child, 30)
         assert ready["listening"] == [f"127.0.0.1:{port}"]
         assert ready["admin"] == f"127.0.0.1:{admin}"
-        # uvloop (installed here) runs the asyncio loop, with the I/O edge and timeouts given
-        assert "event loop uvloop, I/O edge anyio, timeouts connect=2.5 header=0.5" in (
+        # uvloop (installed here) runs the asyncio loop, with the I/O edge, parser, timeouts given
+        assert "event loop uvloop, I/O edge anyio, parser h11, timeouts connect=2.5 header=0.5" in (
             child.output()
         )
         # --error-target: the node's own 404 is the error target's page
