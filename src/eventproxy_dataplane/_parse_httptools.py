@@ -7,12 +7,14 @@ answers); the reference is the h11 parser of :mod:`._parse_h11`. This parser mus
 same answer as the reference for every input: the same events for what h11 accepts, a
 :class:`ParseError` with the same status for what it refuses. It gets there in three layers:
 
-1. **The head is cut by h11's rule, in C.** Bytes are buffered until the first blank line
-   (``\\n\\r?\\n``, as h11 finds it); a buffer above ``max_head_bytes`` without one is 431, as
-   in h11. Only the complete head is ever fed to llhttp, never a body byte: llhttp parses all
-   it is fed and cannot be paused through httptools, so the framing -- where a body ends, the
-   chunked decoding, pipelining, EOF -- is this module's, written to h11's rules (per chunk and
-   per read, never per byte).
+1. **The head is cut where h11 cuts it.** Bytes are buffered until the first blank line (a
+   ``bytes.find`` of CRLF CRLF; h11's ``\\n\\r?\\n`` when a bare LF comes first, which llhttp
+   refuses, so such a head is cut again by h11's rule on the cold path); a buffer above
+   ``max_head_bytes`` without one is 431 (502 from a backend), as with h11. Only the complete
+   head is ever fed to llhttp, never a body byte: llhttp parses all it is fed and cannot be
+   paused through httptools, so the framing -- where a body ends, the chunked decoding,
+   trailers, pipelining, HEAD / 1xx / 204 / 304 / 101, EOF -- is this module's, written to
+   h11's rules (per chunk and per read, never per byte).
 2. **A cheap pre-pass picks the fast path.** One compiled regex over the start line (h11's
    grammar, versions 1.0 and 1.1 only) and llhttp in strict mode (every dangerous leniency
    off, which is llhttp's default and asserted by the tests) over the head. What llhttp accepts
