@@ -26,6 +26,7 @@ The claim: catch-up / replay is about 1 (both are O(records + routes)).
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import tempfile
@@ -203,4 +204,11 @@ async def main(quick: bool) -> dict[str, Any]:
 
 
 def run(ctx: Any) -> dict[str, Any]:
-    return anyio.run(main, ctx.quick)
+    load_before = os.getloadavg()
+    result = anyio.run(main, ctx.quick)
+    result["load_average"] = {
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in os.getloadavg()],
+        "cores": os.cpu_count(),
+    }
+    return result
