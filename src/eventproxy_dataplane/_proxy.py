@@ -73,7 +73,18 @@ from ._proxy_headers import (
     trailer_fields,
 )
 from ._settings import ProxySettings
-from ._wire import chunk, last_chunk, reason, request_head, response_head
+from ._wire import (
+    UNTIL_CLOSE,
+    body_bytes,
+    chunk,
+    client_framing,
+    client_response_head,
+    end_bytes,
+    last_chunk,
+    reason,
+    request_head,
+    response_head,
+)
 from ._ws import relay
 
 logger = logging.getLogger("eventproxy_dataplane.proxy")
@@ -84,8 +95,6 @@ _NEVER = float("inf")
 _IDLE, _HEADER, _BACKEND = 0, 1, 2
 # how much of the current response went to the client
 _NOTHING, _HEAD_SENT, _DONE = 0, 1, 2
-# how the response body is framed for the client
-_F_NONE, _F_RAW, _F_CHUNKED, _F_CLOSE = 0, 1, 2, 3
 _BODIES = {
     404: b"404 page not found\n",
     502: b"502 Bad Gateway\n",
@@ -612,22 +621,26 @@ class ClientConnection:
         if event.status == 101:
             return await self._switch_to_websocket(backend, router, event)
         status = self.status = event.status
-        headers = response_headers(event.headers)
-        if self.head or status == 204 or status == 304:
-            framing = _F_NONE
-        elif event.content_length is not None:
-            framing = _F_RAW
-        elif self.client_11:
-            framing = _F_CHUNKED
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        else:
-            framing = _F_CLOSE
+        framing = client_framing(
+            status=status,
+            head_request=self.head,
+            content_length=event.content_length,
+            client_11=self.client_11,
+        )
         request = self.request
-        if self.upgrade or framing == _F_CLOSE or (request is not None and not request.keep_alive):
-            # the client will not (or cannot) reuse this connection
-            headers.append((b"Connection", b"close"))
+        # the client will not (or cannot) reuse this connection
+        close = self.upgrade or (request is not None and not request.keep_alive)
+        if close or framing == UNTIL_CLOSE:
             self.close_after = True
-        parts = [response_head(status, event.reason, headers)]
+        parts = [
+            client_response_head(
+                status,
+                event.reason,
+                response_headers(event.headers),
+                framing=framing,
+                close=close,
+            )
+        ]
         self.sent = _HEAD_SENT
         parser = backend.parser
         while True:
@@ -640,13 +653,10 @@ class ClientConnection:
                     break
                 kind = type(event2)
                 if kind is Body:
-                    if framing == _F_CHUNKED:
-                        parts.append(chunk(event2.data))  # type: ignore[union-attr]
-                    elif framing != _F_NONE:
-                        parts.append(event2.data)  # type: ignore[union-attr]
+                    parts.append(body_bytes(framing, event2.data))  # type: ignore[union-attr]
                 elif kind is EndOfMessage:
-                    if framing == _F_CHUNKED:
-                        parts.append(last_chunk(trailer_fields(event2.trailers)))  # type: ignore[union-attr]
+                    trailers = event2.trailers  # type: ignore[union-attr]
+                    parts.append(end_bytes(framing, trailer_fields(trailers) if trailers else ()))
                     finished = True
                     break
                 else:

@@ -60,3 +60,52 @@ def last_chunk(trailers: Iterable[Header] = ()) -> bytes:
     if not fields:
         return LAST_CHUNK
     return b"0\r\n" + fields + b"\r\n"
+
+
+# How a response body is framed for the client.
+NO_BODY = 0  # HEAD, 204, 304: the head only
+AS_IS = 1  # the backend's Content-Length: body bytes unchanged
+CHUNKED = 2  # no length, HTTP/1.1 client: re-chunked
+UNTIL_CLOSE = 3  # no length, HTTP/1.0 client: delimited by closing the connection
+
+
+def client_framing(
+    *, status: int, head_request: bool, content_length: int | None, client_11: bool
+) -> int:
+    """How the proxy frames a final response (status >= 200) for its client."""
+    if head_request or status == 204 or status == 304:
+        return NO_BODY
+    if content_length is not None:
+        return AS_IS
+    return CHUNKED if client_11 else UNTIL_CLOSE
+
+
+def client_response_head(
+    status: int,
+    reason_phrase: bytes,
+    headers: list[Header],
+    *,
+    framing: int,
+    close: bool,
+) -> bytes:
+    """The head of a final response for the client: ``headers`` (already stripped of
+    hop-by-hop fields) plus the framing field and ``Connection: close`` as needed."""
+    if framing == CHUNKED:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    if close or framing == UNTIL_CLOSE:
+        headers.append((b"Connection", b"close"))
+    return response_head(status, reason_phrase, headers)
+
+
+def body_bytes(framing: int, data: bytes) -> bytes:
+    """A piece of the response body as it goes to the client."""
+    if framing == CHUNKED:
+        return chunk(data)
+    if framing == NO_BODY:
+        return b""
+    return data
+
+
+def end_bytes(framing: int, trailers: Iterable[Header]) -> bytes:
+    """The end of the response body for the client (trailers only when chunked)."""
+    return last_chunk(trailers) if framing == CHUNKED else b""
