@@ -386,6 +386,69 @@ async def test_last_activity_from_traefik_metrics(tmp_path: Path, backends: dict
         await proxy.stop()
 
 
+async def _echo_websocket(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A backend that accepts any upgrade and echoes every byte until the client closes."""
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        )
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_an_open_websocket_is_activity_only_once_it_closes(tmp_path: Path) -> None:
+    """The limitation docs/traefik.md states, pinned on the real traefik: traefik 3.7 has no
+    per-router series for a request still open, so a WebSocket busy with frames both ways
+    shows no activity for its route until it closes (then it is counted, with code 0)."""
+    server = await asyncio.start_server(_echo_websocket, LOOPBACK, 0)
+    backend = f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+    proxy = make_proxy(tmp_path)
+    await proxy.start()
+    try:
+        assert proxy._traefik is not None
+        await proxy.add_route("/user/ws/", backend, {})
+        await proxy._traefik.scrape()
+        port = int(proxy.public_url.rsplit(":", 1)[1].strip("/"))
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(
+            b"GET /user/ws/api/kernels/k/channels HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        frame = b"\x81\x85\x00\x00\x00\x00hello"  # a masked text frame (mask 0)
+        for _ in range(20):  # traffic both ways through traefik
+            writer.write(frame)
+            await writer.drain()
+            assert await reader.readexactly(len(frame)) == frame
+        text = await proxy._traefik.apis[0].metrics()
+        assert "eventproxy-_2fuser_2fws_2f@file" not in text  # no series for the route at all
+        assert 'traefik_open_connections{entrypoint="web",protocol="TCP"} 1' in text
+        await proxy._traefik.scrape()
+        assert "last_activity" not in (await proxy.get_all_routes())["/user/ws/"]["data"]
+        writer.close()
+        await writer.wait_closed()
+        routes: dict[str, Any] = {}
+        for _ in range(200):  # counted when it has closed: the next scrape sees it
+            await proxy._traefik.scrape()
+            routes = await proxy.get_all_routes()
+            if "last_activity" in routes["/user/ws/"]["data"]:
+                break
+            await asyncio.sleep(0.05)
+        assert "last_activity" in routes["/user/ws/"]["data"]
+    finally:
+        await proxy.stop()
+        server.close()
+
+
 HUB_THAT_DIES = """
 import asyncio, os, sys
 from eventproxy import EventProxy
