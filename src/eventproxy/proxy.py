@@ -318,17 +318,21 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         return context
 
     async def _open_traefik(self, log: RouteLog) -> None:
-        plane = TraefikPlane(
-            self.traefik_settings(
-                public_url=self.public_url,
-                log_url=self.log_url,
-                should_start=bool(self.should_start),
-                ssl_cert=self.ssl_cert,
-                ssl_key=self.ssl_key,
-                etcd_options=self._etcd_options(),
-            ),
-            self.log,
-        )
+        try:
+            plane = TraefikPlane(
+                self.traefik_settings(
+                    public_url=self.public_url,
+                    log_url=self.log_url,
+                    should_start=bool(self.should_start),
+                    ssl_cert=self.ssl_cert,
+                    ssl_key=self.ssl_key,
+                    etcd_options=self._etcd_options(),
+                ),
+                self.log,
+            )
+        except BaseException:
+            await log.aclose()
+            raise
         try:
             await plane.open(self._table)
         except BaseException:

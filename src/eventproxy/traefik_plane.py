@@ -118,6 +118,19 @@ def _etcd_endpoints(settings: TraefikSettings) -> tuple[str, bool]:
     )
 
 
+def _check_root_key(settings: TraefikSettings) -> None:
+    """traefik reads every key under its root key: it must not hold the log's keys."""
+    if settings.etcd_url or settings.log_url.split(":", 1)[0].lower() not in ("etcd", "etcds"):
+        return  # another etcd, or no etcd log
+    _, _, prefix = parse_etcd_url(settings.log_url)
+    root = settings.root_key.strip("/")
+    if root == prefix or prefix.startswith(root + "/") or root.startswith(prefix + "/"):
+        raise EventProxyError(
+            f"EventProxy.traefik_root_key {root!r} overlaps the log's key prefix {prefix!r} "
+            "in the same etcd: traefik would read the log's keys; choose another root key"
+        )
+
+
 class TraefikPlane:
     def __init__(self, settings: TraefikSettings, log: Log) -> None:
         self.settings = settings
@@ -166,6 +179,7 @@ class TraefikPlane:
     def _make_projector(self) -> Projector:
         s = self.settings
         if self.provider == "etcd":
+            _check_root_key(s)
             endpoints, tls = _etcd_endpoints(s)
             self.etcd = EtcdClient(endpoints, s.etcd_options, tls=tls)
             return TraefikKVProjector(

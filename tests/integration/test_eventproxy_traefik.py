@@ -207,7 +207,9 @@ async def test_another_writers_changes_reach_traefik_without_this_hub_writing(
     B's changes -- single appends and a burst -- is routed by A's traefik while A writes
     nothing; then A's own write is confirmed as before."""
     log_url = f"etcd://{LOOPBACK}:{etcd.client_port}/two-writers"
-    hub = make_proxy(tmp_path, log_url=log_url, traefik_root_key="two-writers")
+    with pytest.raises(EventProxyError, match="overlaps the log's key prefix 'two-writers'"):
+        await make_proxy(tmp_path, log_url=log_url, traefik_root_key="two-writers").start()
+    hub = make_proxy(tmp_path, log_url=log_url, traefik_root_key="traefik-two-writers")
     await hub.start()
     other = await open_log(log_url)
     try:

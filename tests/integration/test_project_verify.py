@@ -247,3 +247,41 @@ def test_sigkill_mid_burst_then_restart_converges(tmp_path: Path, etcd: Etcd) ->
         assert code == 0, text
     finally:
         proc.stop()
+
+
+def test_project_follows_two_writers_on_an_etcd_log(tmp_path: Path, etcd: Etcd) -> None:
+    """``eventproxy project`` on an etcd log that two writers append to, interleaved: every
+    change of either is projected while it runs (it follows the log; nobody restarts it)."""
+    log_url = f"etcd://127.0.0.1:{etcd.client_port}/two-writers-project"
+    root = "traefik-two-writers"
+
+    async def write() -> None:
+        first, second = await open_log(log_url), await open_log(log_url)
+        try:
+            for i in range(30):
+                writer = first if i % 2 else second
+                await writer.append([RouteAdded(f"/user/w{i}/", f"http://127.0.0.1:{i + 1}", {})])
+            await first.append([RouteRemoved("/user/w4/")])
+            await second.append([RouteAdded("/user/w5/", "http://127.0.0.1:99", {})])
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    _append(log_url, [RouteAdded("/user/first/", "http://127.0.0.1:1", {})])
+    proc = _projector(log_url, etcd, root, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while _marker_seq(etcd, root) < 1:
+            assert proc.proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        anyio.run(write)
+        head = 1 + 30 + 2
+        while _marker_seq(etcd, root) != head:
+            assert proc.proc.poll() is None, proc.output()[-2000:]
+            assert time.monotonic() < deadline, f"projected up to {_marker_seq(etcd, root)}"
+            time.sleep(0.01)
+        table = _table(log_url)
+        assert our_pairs(etcd.get_prefix(root + "/"), root) == kv_pairs(table, root)  # type: ignore[arg-type]
+        assert "/user/w4/" not in table and table["/user/w5/"].target == "http://127.0.0.1:99"  # type: ignore[index,operator]
+    finally:
+        proc.stop()

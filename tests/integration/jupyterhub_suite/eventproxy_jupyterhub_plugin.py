@@ -8,7 +8,9 @@ own tests need pytest-asyncio, which the project's suite does not use; see
 other than configurable-http-proxy as not-run xfails, each with the reason.
 
 ``EVENTPROXY_JH_SUITE_PROXY=chp`` leaves JupyterHub's default proxy in place (a baseline run);
-``EVENTPROXY_JH_SUITE_DATA_PLANE=traefik`` runs them with EventProxy starting traefik.
+``EVENTPROXY_JH_SUITE_DATA_PLANE=traefik`` runs them with EventProxy starting traefik;
+``EVENTPROXY_JH_SUITE_ETCD=HOST:PORT`` gives every MockHub an etcd route log (its own prefix)
+instead of a file log (with traefik: the etcd provider, its own root key).
 
 With ``JUPYTERHUB_TEST_SUBDOMAIN_HOST`` (JupyterHub's switch for running its tests with host
 routing, e.g. ``http://localhost.jovyan.org:8000``), that host and every name under it resolve to
@@ -86,8 +88,15 @@ def pytest_configure(config: pytest.Config) -> None:
             self.config.Spawner.http_timeout = 120
         if "log_url" not in self.config.EventProxy:
             # pid: pytest-xdist's workers share log_dir
-            name = f"routes-{os.getpid()}-{next(counter)}.log"
-            self.config.EventProxy.log_url = f"file://{log_dir / name}"
+            name = f"routes-{os.getpid()}-{next(counter)}"
+            etcd = os.environ.get("EVENTPROXY_JH_SUITE_ETCD")  # host:port of a test etcd
+            if etcd:
+                # a fresh prefix per MockHub, and its own traefik root key: a new hub's
+                # projection must not meet the marker of an earlier hub's (which is ahead)
+                self.config.EventProxy.log_url = f"etcd://{etcd}/{name}"
+                self.config.EventProxy.traefik_root_key = f"traefik-{name}"
+            else:
+                self.config.EventProxy.log_url = f"file://{log_dir / name}.log"
         plane = os.environ.get("EVENTPROXY_JH_SUITE_DATA_PLANE")
         if plane and "data_plane" not in self.config.EventProxy:
             self.config.EventProxy.data_plane = plane
