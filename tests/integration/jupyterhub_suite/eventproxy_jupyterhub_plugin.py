@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -62,6 +63,12 @@ def _resolve_subdomains_to_loopback(domain: str) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Started in the background by a non-interactive shell, this process inherits SIGINT
+    # ignored, and so would every single-user server the tests spawn: JupyterHub stops them
+    # with SIGINT and waits 10 s before SIGTERM, failing the tests that expect a quick stop
+    # (test_named_servers' 204). A Python handler here becomes SIG_DFL in each child.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     subdomain_host = os.environ.get("JUPYTERHUB_TEST_SUBDOMAIN_HOST")
     if subdomain_host:
         from urllib.parse import urlsplit

@@ -7,21 +7,25 @@ pytest-asyncio is installed with ``pip --target`` into the git-ignored
 with :mod:`eventproxy_jupyterhub_plugin`, which makes JupyterHub's ``MockHub`` use
 ``proxy_class = "eventproxy"``.
 
-By hand (the default module is ``jupyterhub.tests.test_proxy``)::
+:func:`start` runs one in the background (its output in its workdir); the test starts the
+two modes together. By hand (the default module is ``jupyterhub.tests.test_proxy``)::
 
     .venv/bin/python tests/integration/jupyterhub_suite/jh_suite_runner.py
     .venv/bin/python tests/integration/jupyterhub_suite/jh_suite_runner.py \\
-        jupyterhub.tests.test_proxy jupyterhub.tests.test_named_servers   # + ~2-5 minutes
+        jupyterhub.tests.test_proxy jupyterhub.tests.test_named_servers jupyterhub.tests.test_api
     JUPYTERHUB_TEST_SUBDOMAIN_HOST=http://localhost.jovyan.org:8000 \
         .venv/bin/python tests/integration/jupyterhub_suite/jh_suite_runner.py  # host routing
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,7 @@ DEFAULT_MODULES = ("jupyterhub.tests.test_proxy",)
 #: JupyterHub's switch for running its tests with host routing (``subdomain_host``); the plugin
 #: resolves this name and its subdomains to 127.0.0.1.
 SUBDOMAIN_HOST = "http://localhost.jovyan.org:8000"
-TIMEOUT = 900.0
+TIMEOUT = 1500.0  # seconds per child run (the three modules: ~7 min at a load average of 5-6)
 # JupyterHub's own pytest settings (its pyproject.toml is not shipped in the wheel).
 INI = """\
 [pytest]
@@ -61,6 +65,12 @@ class Result:
     outcome: str  # passed | failed | error | skipped | xfailed
     message: str
 
+    @property
+    def file(self) -> str:
+        """The test module's file name (``test_api.py``), from the junit classname."""
+        parts = self.test.split("::", 1)[0].split(".")
+        return next((f"{p}.py" for p in parts if p.startswith("test_")), "")
+
 
 def ensure_pytest_asyncio() -> Path:
     """``.cache/jupyterhub-suite/site`` with pytest-asyncio in it (installed on first use)."""
@@ -79,13 +89,47 @@ def ensure_pytest_asyncio() -> Path:
     return SITE
 
 
-def run(
+@dataclass
+class Running:
+    """One child pytest run of JupyterHub's modules (see :func:`start`)."""
+
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    started: float
+
+    @property
+    def output_path(self) -> Path:
+        return self.workdir / "output.txt"
+
+    def wait(self, timeout: float = TIMEOUT) -> tuple[int, str, list[Result]]:
+        """(pytest's exit code, its output, results); a run past ``timeout`` (counted from
+        its start) is killed and reported as such."""
+        left = max(0.0, self.started + timeout - time.monotonic())
+        try:
+            code = self.process.wait(left)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            code = -1
+        output = self.output_path.read_text(errors="replace")
+        if code == -1:
+            output += f"\n[jh_suite_runner: killed after {timeout:.0f}s]\n"
+        return code, output, parse_junit(self.workdir / "junit.xml")
+
+    def stop(self) -> None:
+        """Kill the run (its process group: the hubs and servers it started) by its PID."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def start(
     modules: tuple[str, ...] = DEFAULT_MODULES,
     *,
     workdir: Path,
     subdomain_host: str | None = None,
-) -> tuple[int, str, list[Result]]:
-    """Run ``modules`` with EventProxy; returns (pytest's exit code, its output, results).
+) -> Running:
+    """Start ``modules`` with EventProxy in a child pytest (output in ``workdir``).
 
     ``subdomain_host`` set: JupyterHub's tests run with host routing
     (``JUPYTERHUB_TEST_SUBDOMAIN_HOST``); unset: without it, whatever the caller's environment.
@@ -93,7 +137,6 @@ def run(
     site = ensure_pytest_asyncio()
     ini = workdir / "pytest.ini"
     ini.write_text(INI)
-    junit = workdir / "junit.xml"
     inherited = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_TEST_SUBDOMAIN_HOST"}
     if subdomain_host:
         inherited["JUPYTERHUB_TEST_SUBDOMAIN_HOST"] = subdomain_host
@@ -105,28 +148,53 @@ def run(
         "EVENTPROXY_JH_SUITE_PROXY": "eventproxy",
         "EVENTPROXY_JH_SUITE_LOG_DIR": str(workdir),
     }
+    import jupyterhub
+
     argv = [
         sys.executable,
         "-m",
         "pytest",
         "-c",
         str(ini),
+        # node ids name the module (jupyterhub/tests/test_api.py::...); nothing is written there
         "--rootdir",
-        str(workdir),
+        str(Path(jupyterhub.__file__).resolve().parent.parent),
         "-p",
         "eventproxy_jupyterhub_plugin",
         "-p",
         "no:cacheprovider",
         "-q",
         "-rfEsxX",
-        f"--junitxml={junit}",
+        "--durations=10",
+        f"--junitxml={workdir / 'junit.xml'}",
         "--pyargs",
         *modules,
     ]
-    done = subprocess.run(
-        argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
-    )
-    return done.returncode, done.stdout + done.stderr, parse_junit(junit)
+    with open(workdir / "output.txt", "wb") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() ends all it started
+        )
+    return Running(process, workdir, time.monotonic())
+
+
+def run(
+    modules: tuple[str, ...] = DEFAULT_MODULES,
+    *,
+    workdir: Path,
+    subdomain_host: str | None = None,
+) -> tuple[int, str, list[Result]]:
+    """:func:`start`, then wait: (pytest's exit code, its output, results)."""
+    running = start(modules, workdir=workdir, subdomain_host=subdomain_host)
+    try:
+        return running.wait()
+    finally:
+        running.stop()
 
 
 def parse_junit(path: Path) -> list[Result]:
