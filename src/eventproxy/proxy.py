@@ -229,7 +229,7 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _require_inprocess(self) -> None:
+    def _open_nodes(self) -> None:
         """Set up the nodes to confirm on: the whole data plane with ``"external"``; with
         ``"traefik"`` or ``"inprocess"``, the ``data_plane_endpoints`` beside it, if any."""
         wanted = self.data_plane == "external" or bool(self.data_plane_endpoints)
@@ -250,7 +250,7 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
             if self._log is None:
-                self._require_inprocess()
+                self._open_nodes()
                 log = await open_log(self.log_url, etcd=self._etcd_options())
                 self._projection = PlaneProjection(None, await log.load_table(), log=self.log)
                 if self.data_plane == "traefik":
@@ -346,7 +346,7 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
     async def start(self) -> None:
         """Open the log and start serving the public URL with the in-process data plane (or
         start traefik, with ``data_plane = "traefik"``)."""
-        self._require_inprocess()
+        self._open_nodes()
         await self._ensure_open()
         if self.data_plane == "external":
             await self._confirm_visible(self._table.seq, self._table.seq, self.visibility_timeout)
