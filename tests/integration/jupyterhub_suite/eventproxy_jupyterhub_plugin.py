@@ -44,6 +44,19 @@ CANNOT_PASS: dict[str, str] = {
 }
 
 
+#: JupyterHub test -> the timing race in JupyterHub's own test that can fail it on a loaded
+#: machine, whatever the proxy. ``test_jupyterhub_proxy_tests`` runs such a test again, alone,
+#: once, when it is the only kind of failure; it must then pass (the re-run is reported).
+KNOWN_RACES: dict[str, str] = {
+    "test_start_stop_race": (
+        "patches Spawner.start 0.1 s (slow_spawn_timeout) after asking for a spawn, assuming "
+        "the hub has called start by then; on a loaded machine it has not, the mock is "
+        "called ('not enough values to unpack') and the next POST answers 201, not 202. "
+        "JupyterHub's User.spawn calls no proxy method before Spawner.start"
+    ),
+}
+
+
 def _use_eventproxy() -> bool:
     return os.environ.get("EVENTPROXY_JH_SUITE_PROXY", "eventproxy") == "eventproxy"
 
@@ -94,7 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if "http_timeout" not in self.config.Spawner:
             self.config.Spawner.http_timeout = 120
         if "log_url" not in self.config.EventProxy:
-            # pid: pytest-xdist's workers share log_dir
+            # the pid too: unique whoever else writes into log_dir
             name = f"routes-{os.getpid()}-{next(counter)}"
             etcd = os.environ.get("EVENTPROXY_JH_SUITE_ETCD")  # host:port of a test etcd
             if etcd:

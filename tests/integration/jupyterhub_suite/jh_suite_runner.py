@@ -128,11 +128,13 @@ def start(
     *,
     workdir: Path,
     subdomain_host: str | None = None,
+    select: str = "",
 ) -> Running:
     """Start ``modules`` with EventProxy in a child pytest (output in ``workdir``).
 
     ``subdomain_host`` set: JupyterHub's tests run with host routing
     (``JUPYTERHUB_TEST_SUBDOMAIN_HOST``); unset: without it, whatever the caller's environment.
+    ``select``: a pytest ``-k`` expression (only the tests it names).
     """
     site = ensure_pytest_asyncio()
     ini = workdir / "pytest.ini"
@@ -167,6 +169,7 @@ def start(
         "-rfEsxX",
         "--durations=10",
         f"--junitxml={workdir / 'junit.xml'}",
+        *(["-k", select] if select else []),
         "--pyargs",
         *modules,
     ]

@@ -5,18 +5,23 @@ They run in child pytest processes (see :mod:`jh_suite_runner`), one per mode, b
 together by the first of the two tests and each waited on by its own test: the two modes share
 the run's wall time (most of it is JupyterHub waiting on its single-user servers). Every test
 must pass, except the ones :mod:`eventproxy_jupyterhub_plugin` lists as unable to pass with any
-proxy other than configurable-http-proxy (reported as not-run xfails, with the reason).
+proxy other than configurable-http-proxy (reported as not-run xfails, with the reason). A
+failure of one of JupyterHub's own timing races (``KNOWN_RACES`` there, each with the reason) is
+re-run alone once and must then pass; the re-run is reported as a warning.
 ``EVENTPROXY_JH_SUITE_MODULES`` (comma-separated) runs other modules instead.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from jh_suite_runner import SUBDOMAIN_HOST, TIMEOUT, Running, Unavailable, start
+from eventproxy_jupyterhub_plugin import KNOWN_RACES
+from jh_suite_runner import SUBDOMAIN_HOST, TIMEOUT, Result, Running, Unavailable, start
 
 from support import missing_service
 
@@ -55,13 +60,45 @@ def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, R
         running.stop()
 
 
+def _tail(output: str) -> str:
+    failures = output.find("= FAILURES =")
+    head = output[failures : failures + 6000] + "\n...\n" if failures >= 0 else ""
+    return head + output[-2500:]
+
+
+def _rerun_known_races(
+    results: list[Result], mode: str, workdir: Path
+) -> tuple[list[Result], str] | None:
+    """If every failure is one of KNOWN_RACES (JupyterHub's own timing races), run those tests
+    again, alone, once: (the results with the re-run's in their place, a note); else None."""
+    failed = [r for r in results if r.outcome in ("failed", "error")]
+    names = sorted({r.test.rsplit("::", 1)[-1].split("[", 1)[0] for r in failed})
+    if not failed or not all(name in KNOWN_RACES for name in names):
+        return None
+    modules = tuple(sorted({r.test.split("::", 1)[0] for r in failed}))
+    code, output, again = start(
+        modules, workdir=workdir, subdomain_host=MODES[mode], select=" or ".join(names)
+    ).wait()
+    assert code == 0 and again, f"{names} failed again when re-run alone:\n{_tail(output)}"
+    rerun = {r.test for r in again}
+    note = f"re-ran {names} alone once (known JupyterHub races): passed"
+    warnings.warn(note, stacklevel=1)
+    return [r for r in results if r.test not in rerun] + again, note
+
+
 # The child runs have their own timeout (jh_suite_runner.TIMEOUT, counted from their start).
-@pytest.mark.timeout(TIMEOUT + 60)
+@pytest.mark.timeout(2 * TIMEOUT + 60)
 @pytest.mark.parametrize("mode", list(MODES))
-def test_jupyterhub_tests_pass_with_eventproxy(suite_runs: dict[str, Running], mode: str) -> None:
+def test_jupyterhub_tests_pass_with_eventproxy(
+    suite_runs: dict[str, Running], mode: str, tmp_path: Path
+) -> None:
     code, output, results = suite_runs[mode].wait()
-    tail = output[-8000:]
-    assert code == 0, tail
+    tail = _tail(output)
+    if code != 0:
+        rerun = _rerun_known_races(results, mode, tmp_path)
+        assert rerun is not None, tail
+        results, note = rerun
+        tail = f"{note}\n{tail}"
     outcomes = Counter(r.outcome for r in results)
     assert set(outcomes) <= {"passed", "skipped", "xfailed"}, (outcomes, tail)
     if _modules() == MODULES:
