@@ -336,6 +336,8 @@ def start_inprocess(
                 UNAVAILABLE,
                 reason=f"EventProxy cannot select parser {parser!r} at this commit: {ready}",
             )
+        # a file log in the run's temporary directory (no machine path in the results)
+        ready["log_url"] = f"file://<tmp>/{home.relative_to(workdir.parent)}/routes.log"
         return Target(name, OK, port=port, pid=child.pid, info=ready)
 
     return _guard(name, start)
