@@ -214,19 +214,32 @@ def test_sigkill_mid_burst_then_restart_converges(tmp_path: Path, etcd: Etcd) ->
     _append(log_url, [RouteAdded("/user/first/", "http://127.0.0.1:1", {})])
     proc = _projector(log_url, etcd, root, tmp_path)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while _marker_seq(etcd, root) < 1:
             assert proc.proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
         # the burst: 1,000 adds (and some removals), in ten appends; etcd's default
-        # max-txn-ops (128) makes the projector write it in ~40 transactions
-        batches = [_routes(1000)[i : i + 100] for i in range(0, 1000, 100)]
-        batches.append([RouteRemoved(f"/user/u{i}/") for i in range(0, 1000, 7)])
-        _append(log_url, *batches)
-        head = 1 + 1000 + len(range(0, 1000, 7))
-        while not 1 < _marker_seq(etcd, root) < head:
-            assert proc.proc.poll() is None and time.monotonic() < deadline, "never saw mid-burst"
-            time.sleep(0.002)
+        # max-txn-ops (128) makes the projector write it in ~40 transactions. On a fast,
+        # quiet machine the projector can finish a burst between two polls: then the next
+        # attempt appends another burst (new routes), up to five times.
+        head = 1
+        for attempt in range(5):
+            names = [f"/user/a{attempt}u{i}/" for i in range(1000)]
+            adds = [RouteAdded(name, "http://127.0.0.1:1", {}) for name in names]
+            batches: list[list[object]] = [adds[i : i + 100] for i in range(0, 1000, 100)]
+            batches.append([RouteRemoved(names[i]) for i in range(0, 1000, 7)])
+            start = head
+            _append(log_url, *batches)
+            head = start + 1000 + len(range(0, 1000, 7))
+            while not start < _marker_seq(etcd, root) < head:
+                assert proc.proc.poll() is None and time.monotonic() < deadline
+                if _marker_seq(etcd, root) == head:
+                    break  # this burst was projected before a poll saw it half done
+                time.sleep(0.002)
+            else:
+                break  # mid-burst: kill now
+        else:
+            raise AssertionError("five bursts were each projected before a poll saw them half done")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.proc.wait(10)
         killed_at = _marker_seq(etcd, root)
