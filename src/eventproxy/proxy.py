@@ -388,16 +388,25 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         if self._external is not None:
             await self._confirm_visible(self._table.seq, self._table.seq, self.visibility_timeout)
 
-    async def _confirm_visible(self, plane_seq: int, node_seq: int, within: float) -> None:
+    async def _confirm_visible(
+        self,
+        plane_seq: int,
+        node_seq: int,
+        within: float,
+        nodes_check: Awaitable[None] | None = None,
+    ) -> None:
         """Return once the traefik replicas route ``plane_seq`` (the projection's) and the nodes
         (``data_plane_endpoints``) have applied ``node_seq``, checked concurrently, each group
         by its own rule (see ``require_all_endpoints``); else raise what failed. With
         ``require_all_endpoints`` False, a group that fails (:class:`VisibilityTimeoutError`)
-        is left out, with a warning, when the other group confirmed."""
+        is left out, with a warning, when the other group confirmed. ``nodes_check``: the
+        nodes' confirmation of ``node_seq`` already under way (see :meth:`_confirm_early`)."""
         checks: list[Awaitable[object]] = []
         if self._traefik is not None:
             checks.append(self._traefik.confirm(plane_seq, within))
-        if self._external is not None:
+        if nodes_check is not None:
+            checks.append(nodes_check)
+        elif self._external is not None:
             checks.append(self._external.confirm(node_seq, within))
         if len(checks) <= 1:
             for check in checks:
@@ -571,15 +580,63 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         finally:
             self._flush_task = None
 
+    def _visibility_budget(self, batch: _Pending) -> float:
+        """Seconds left for confirming ``batch`` on the replicas: ending before the callers'
+        deadline, so that the error naming the replicas reaches them (not a bare timeout)."""
+        left = batch.since + self.visibility_timeout - asyncio.get_running_loop().time()
+        margin = min(0.25, self.visibility_timeout / 10)
+        return max(0.05, left - margin)
+
+    def _confirm_early(self, batch: _Pending) -> tuple[int, asyncio.Task[None]] | None:
+        """Start asking the nodes for the seq ``batch`` will most likely get (the table's seq
+        plus its length) before it is appended, so that their long-polls are already waiting
+        when the change arrives: an add costs one round trip to the nodes fewer.
+
+        The answer counts only if the append returns exactly that seq (then the nodes that
+        have applied it have applied this batch); otherwise (another writer came first) it is
+        cancelled and the real seq is confirmed after the append."""
+        if self._external is None:
+            return None
+        predicted = self._projection.seq + len(batch.events)
+        task = asyncio.get_running_loop().create_task(
+            self._external.confirm(predicted, self._visibility_budget(batch))
+        )
+        task.add_done_callback(_retrieve)  # an answer nobody waits for is not an error
+        return predicted, task
+
     async def _write(self, batch: _Pending) -> None:
         """Append one batch and make it visible; tell each caller what became of its change."""
         log = self._log
         assert log is not None
+        early = self._confirm_early(batch)
         try:
             seqs = await log.append(batch.events, actor=self.actor)
         except Exception as exc:  # not written: the log is unchanged
+            await _cancelled(early)
             batch.fail(_always(exc))
             return
+        except BaseException:
+            if early is not None:
+                early[1].cancel()
+            raise
+        nodes_check: asyncio.Task[None] | None = None
+        if early is not None:
+            if early[0] == seqs[-1]:
+                nodes_check = early[1]
+            else:
+                await _cancelled(early)
+        try:
+            await self._make_visible(batch, seqs, nodes_check)
+        finally:
+            if nodes_check is not None:
+                nodes_check.cancel()  # a no-op once it has answered
+
+    async def _make_visible(
+        self, batch: _Pending, seqs: list[int], nodes_check: asyncio.Task[None] | None
+    ) -> None:
+        """Apply an appended batch and confirm it on the replicas; tell each caller."""
+        log = self._log
+        assert log is not None
         error: Exception | None = None
         refused: dict[str, str] = {}
         try:
@@ -590,12 +647,8 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
             if self._traefik is not None:
                 await self._traefik.catch_up(log, self._table)
             if self._traefik is not None or self._external is not None:
-                # end before the callers' deadline, so that the error naming the
-                # replicas reaches them (not a bare timeout)
-                left = batch.since + self.visibility_timeout - asyncio.get_running_loop().time()
-                margin = min(0.25, self.visibility_timeout / 10)
-                within = max(0.05, left - margin)
-                await self._confirm_visible(self._table.seq, seqs[-1], within)
+                within = self._visibility_budget(batch)
+                await self._confirm_visible(self._table.seq, seqs[-1], within, nodes_check)
         except VisibilityTimeoutError as exc:  # durable; the plane's own precise message
             batch.fail(_always(exc))
             return
@@ -730,3 +783,17 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
         if last is not None:
             route["data"]["last_activity"] = _iso(last)
         return route
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _cancelled(early: tuple[int, asyncio.Task[None]] | None) -> None:
+    """Cancel an early confirmation (see ``EventProxy._confirm_early``) and let it end."""
+    if early is None:
+        return
+    task = early[1]
+    task.cancel()
+    await asyncio.wait({task})
