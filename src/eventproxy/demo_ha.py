@@ -65,6 +65,7 @@ from .supervise import (
     find_traefik,
     static_config,
 )
+from .traefik_cert import write_self_signed
 
 __all__ = ["HASettings", "Member", "Replica", "cmd_demo_ha", "hub_config_ha", "prepare_ha"]
 
@@ -249,7 +250,16 @@ def prepare_ha(args: argparse.Namespace) -> HASettings:
         web = static["entryPoints"]["web"]
         web.setdefault("transport", {})["lifeCycle"] = {"graceTimeOut": "2s"}
         _write_private(layout.static_path, tomli_w.dumps(static))
-        api = api_dynamic_config(API_USER, settings.api_password)
+        # a default certificate, or traefik generates an RSA key on every reload (traefik_cert)
+        write_self_signed(
+            layout.default_cert_path, layout.default_key_path, common_name=f"{replica.name} default"
+        )
+        api = api_dynamic_config(
+            API_USER,
+            settings.api_password,
+            ssl_cert=str(layout.default_cert_path),
+            ssl_key=str(layout.default_key_path),
+        )
         _write_private(layout.api_path, tomli_w.dumps(api))
     return settings
 

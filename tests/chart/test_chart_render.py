@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import re
+import ssl
 import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from chart_support import (
     ALL_OPTIONS,
     CHART,
@@ -221,7 +223,13 @@ def test_secret_and_configmap_references_exist(manifests: list[Manifest]) -> Non
     secrets = {m["metadata"]["name"] for m in of_kind(manifests, "Secret")}
     configmaps = {m["metadata"]["name"] for m in of_kind(manifests, "ConfigMap")}
     # Secrets the all-options values bring themselves:
-    secrets |= {"my-etcd-users", "my-traefik-api", "etcd-server-tls", "etcd-client-tls"}
+    secrets |= {
+        "my-etcd-users",
+        "my-traefik-api",
+        "my-traefik-default-tls",
+        "etcd-server-tls",
+        "etcd-client-tls",
+    }
     for w in workloads(manifests):
         spec = pod_template(w)["spec"]
         for volume in spec.get("volumes") or []:
@@ -286,6 +294,48 @@ def test_traefik_reads_etcd_and_waits_for_the_routes(default_manifests: list[Man
         "127.0.0.1:8082"
     )
     assert container["livenessProbe"]["httpGet"]["path"] == "/ping"
+
+
+def _default_certificate_files(manifests: list[Manifest]) -> tuple[str, str, str]:
+    """The traefik pods' default TLS certificate: (Secret name, certFile, keyFile), checked to
+    be the files the dynamic configuration names, in the Secret's volume."""
+    name = fullname(manifests)
+    dynamic = yaml.safe_load(
+        named(manifests, "ConfigMap", f"{name}-traefik-dynamic")["data"]["api.yaml"]
+    )
+    default = dynamic["tls"]["stores"]["default"]["defaultCertificate"]
+    spec = pod_template(traefik_workload(manifests))["spec"]
+    (container,) = spec["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "default-cert"]
+    assert mount["readOnly"] is True
+    assert default == {
+        "certFile": f"{mount['mountPath']}/tls.crt",
+        "keyFile": f"{mount['mountPath']}/tls.key",
+    }
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "default-cert"]
+    assert volume["secret"]["defaultMode"] == 0o440  # owner root, group the pod's fsGroup
+    assert spec["securityContext"]["fsGroup"] == container["securityContext"].get(
+        "runAsUser", spec["securityContext"].get("runAsUser")
+    )
+    return volume["secret"]["secretName"], default["certFile"], default["keyFile"]
+
+
+def test_traefik_has_a_default_certificate(
+    default_manifests: list[Manifest], render: Render, tmp_path: Path
+) -> None:
+    """Without one, traefik generates an RSA key on every route change (docs/traefik.md): the
+    chart makes a self-signed certificate, kept across upgrades, or mounts the user's own."""
+    secret_name, _, _ = _default_certificate_files(default_manifests)
+    secret = named(default_manifests, "Secret", secret_name)
+    assert secret["type"] == "kubernetes.io/tls"
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
+    key.write_bytes(base64.b64decode(secret["data"]["tls.key"]))
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)  # a pair
+    # the user's own Secret: mounted, and the chart makes none
+    theirs = render(set_values=["traefik.defaultCertificate.existingSecret=site-tls"])
+    assert _default_certificate_files(theirs)[0] == "site-tls"
+    assert not [s for s in of_kind(theirs, "Secret") if "default-cert" in s["metadata"]["name"]]
 
 
 def test_config_and_secret_checksums_roll_the_pods(render: Render) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -242,17 +243,28 @@ async def test_the_rendered_configuration_serves_routes_added_through_eventproxy
         assert command[0] == "python3"
         subprocess.run([sys.executable, *command[1:]], check=True, timeout=30)
         assert users.read_text().startswith(api_secret["username"] + ":{SHA}")
+        # the default TLS certificate (without one traefik makes an RSA key per reload), from
+        # the rendered Secret, at the path the dynamic configuration names
+        cert_dir = tmp_path / "default-cert"
+        cert_dir.mkdir()
+        for key, value in secret_data(manifests, f"{RELEASE}-traefik-default-cert").items():
+            (cert_dir / key).write_text(value)
         (tmp_path / "api.yaml").write_text(
-            dynamic.replace("/etc/traefik/api-auth/users", str(users))
+            dynamic.replace("/etc/traefik/api-auth/users", str(users)).replace(
+                "/etc/traefik/default-cert", str(cert_dir)
+            )
         )
         replicas = []
         for i in range(deployment["spec"]["replicas"]):
-            web, api, probe_port = free_port(), free_port(), free_port()
+            web, api, probe_port, tls_port = free_port(), free_port(), free_port(), free_port()
             env = {k: addresses(v) for k, v in static.items() if k.startswith("TRAEFIK_")}
             env |= {
                 "TRAEFIK_ENTRYPOINTS_WEB_ADDRESS": f"{LOOPBACK}:{web}",
                 "TRAEFIK_ENTRYPOINTS_TRAEFIK_ADDRESS": f"{LOOPBACK}:{api}",
                 "TRAEFIK_ENTRYPOINTS_PROBE_ADDRESS": f"{LOOPBACK}:{probe_port}",
+                # a TLS entrypoint of the test's own, to see which default certificate is served
+                "TRAEFIK_ENTRYPOINTS_TLSCHECK_ADDRESS": f"{LOOPBACK}:{tls_port}",
+                "TRAEFIK_ENTRYPOINTS_TLSCHECK_HTTP_TLS": "true",
                 "TRAEFIK_PROVIDERS_FILE_FILENAME": str(tmp_path / "api.yaml"),
                 "TRAEFIK_PROVIDERS_ETCD_PASSWORD": passwords["reader-password"],
                 "HOME": str(tmp_path),
@@ -267,9 +279,9 @@ async def test_the_rendered_configuration_serves_routes_added_through_eventproxy
                 [str(TRAEFIK_BIN)], log_path=workdir / "traefik.log", env=env, cwd=workdir
             )
             children.append(child)
-            replicas.append((web, api, probe_port, child))
+            replicas.append((web, api, probe_port, tls_port, child))
         auth = (api_secret["username"], api_secret["password"])
-        for _web, api, probe_port, child in replicas:
+        for _web, api, probe_port, tls_port, child in replicas:
             # started (the chart's startup/liveness probe: /ping on the API port)
             wait_until(
                 lambda api=api: get(f"http://{LOOPBACK}:{api}/ping")[0] == 200,
@@ -287,6 +299,11 @@ async def test_the_rendered_configuration_serves_routes_added_through_eventproxy
             assert get(f"http://{LOOPBACK}:{api}/api/overview", (auth[0], "wrong"))[0] == 401
             assert get(f"http://{LOOPBACK}:{api}/metrics")[0] == 401
             assert get(f"http://{LOOPBACK}:{api}/metrics", auth)[0] == 200
+            # the rendered default certificate is the one traefik serves (not one it made)
+            served = ssl.get_server_certificate((LOOPBACK, tls_port))
+            assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(
+                (cert_dir / "tls.crt").read_text()
+            )
             # not ready: nothing projected yet (the readiness probe's URL, on this replica)
             ready_url = probe_url.replace("127.0.0.1:8082", f"{LOOPBACK}:{probe_port}")
             assert get(ready_url)[0] == 404
@@ -309,7 +326,7 @@ async def test_the_rendered_configuration_serves_routes_added_through_eventproxy
         # the headless API Service resolves to every replica's address
         (api_service,) = settings.traefik_api_urls
         assert api_service == f"http://{RELEASE}-traefik-api:{static_port(static)}"
-        settings.traefik_api_urls = [f"http://{LOOPBACK}:{api}" for _w, api, _p, _c in replicas]
+        settings.traefik_api_urls = [f"http://{LOOPBACK}:{api}" for _w, api, *_ in replicas]
         (entry,) = [
             e
             for e in entry_points(group="jupyterhub.proxies")
@@ -323,7 +340,7 @@ async def test_the_rendered_configuration_serves_routes_added_through_eventproxy
         clients = [httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{w}") for w, *_ in replicas]
         try:
             await proxy.add_route("/user/alice/", target, {"user": "alice"})
-            for client, (_web, _api, probe_port, _child) in zip(clients, replicas, strict=True):
+            for client, (_web, _api, probe_port, *_) in zip(clients, replicas, strict=True):
                 r = await client.get("/user/alice/lab")  # no wait: routed when add_route returns
                 assert (r.status_code, r.text) == (200, "backend saw /user/alice/lab")
                 assert (await client.get("/user/alicex/")).status_code == 404

@@ -18,8 +18,11 @@ import os
 import re
 import secrets
 import signal
+import ssl
+import stat
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import httpx
 import pytest
 
 from eventproxy.demo import is_running, process_tree
+from eventproxy.supervise import TraefikLayout
 from integration.browser import (
     ARTIFACTS,
     CHROMIUM_FLAGS,
@@ -130,6 +134,19 @@ def test_demo_ha_survives_a_replica_and_an_etcd_member(tmp_path: Path) -> None:
         assert len(urls) == 3 and len(set(urls)) == 3
         assert {"etcd-0", "etcd-1", "etcd-2", "traefik-0", "traefik-1", "node", "hub"} == set(pids)
         assert event["log_url"].startswith("etcd://127.0.0.1:")
+        # each traefik replica has a default certificate (else it makes an RSA key per reload)
+        for name in ("traefik-0", "traefik-1"):
+            layout = TraefikLayout(tmp_path / "demo" / name)
+            api = tomllib.loads(layout.api_path.read_text())
+            default = api["tls"]["stores"]["default"]["defaultCertificate"]
+            assert default == {
+                "certFile": str(layout.default_cert_path),
+                "keyFile": str(layout.default_key_path),
+            }
+            assert stat.S_IMODE(layout.default_key_path.stat().st_mode) == 0o600
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                layout.default_cert_path, layout.default_key_path
+            )
 
         # alice's route, added through the hub, is confirmed on all three replicas: once the
         # hub's API says her server is ready (it is, only after add_route returned), each

@@ -84,6 +84,11 @@ hub.jupyter.org/network-access-singleuser: "true"
 {{- .Values.traefik.api.existingSecret | default (printf "%s-traefik-api" (include "eventproxy.fullname" .)) -}}
 {{- end -}}
 
+{{/* The Secret (kubernetes.io/tls) with traefik's default TLS certificate. */}}
+{{- define "eventproxy.traefik.defaultCertSecret" -}}
+{{- .Values.traefik.defaultCertificate.existingSecret | default (printf "%s-traefik-default-cert" (include "eventproxy.fullname" .)) -}}
+{{- end -}}
+
 {{/* A password kept across upgrades: the Secret's current value, else a new random one.
      (list $ secretName key) */}}
 {{- define "eventproxy.keptPassword" -}}
