@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "results": result,
         }
-        out = results_dir / f"{name}.json"
+        # a benchmark may name its file itself (the soak keeps its --quick run apart)
+        stem = getattr(module, "results_stem", None)
+        out = results_dir / f"{stem(ctx) if stem is not None else name}.json"
         out.write_text(json.dumps(envelope, indent=2, sort_keys=True) + "\n")
         print(json.dumps(result, indent=2, sort_keys=True))
         print(f"-> {out}", flush=True)

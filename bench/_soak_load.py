@@ -164,7 +164,7 @@ class Workload:
         self.live: list[int] = []  # slots whose route is acknowledged (and past the grace)
         self._live_index: dict[int, int] = {}
         self.version: dict[int, int] = {}
-        self._kept: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._kept: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self.change_seconds: list[float] = []  # how long each acknowledged route change took
 
@@ -278,7 +278,10 @@ class Workload:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
         """A kept-alive client connection (reused: True) or a new one."""
         if self._kept and not fresh:
-            reader, writer = self._kept.pop()
+            # the oldest first: every kept connection is reused in turn, so none sits idle
+            # until the proxy's client idle timeout closes it (which would make the proxy's
+            # count of client sockets drift over minutes, and read as an fd trend)
+            reader, writer = self._kept.popleft()
             return reader, writer, True
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(LOOPBACK, self.port), TIMEOUT

@@ -45,11 +45,74 @@ def install(tag: str) -> None:
     threading.Thread(target=dump, name="tracemem", daemon=True).start()
 
 
+_WATCHED = (
+    "_SelectorSocketTransport",
+    "_StreamProtocol",
+    "FastStream",
+    "BackendConnection",
+    "Task",
+    "Future",
+    "coroutine",
+    "TimerHandle",
+    "Handle",
+    "Record",
+    "RouteEntry",
+    "Route",
+    "ServiceSpec",
+    "RouterSpec",
+    "_Node",
+    "Response",
+    "Request",
+    "socket",
+    "frame",
+    "traceback",
+)
+
+
+def _mallinfo() -> dict[str, int]:
+    """glibc's heap (``mallinfo2``): bytes in use and free inside what malloc holds, so RSS
+    that grows while ``in_use`` does not is fragmentation or a high-water mark, not objects."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost",
+            )
+        ]  # fmt: skip
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {
+        "heap_kb": (info.arena + info.hblkhd) // 1024,
+        "in_use_kb": (info.uordblks + info.hblkhd) // 1024,
+        "free_kb": info.fordblks // 1024,
+    }
+
+
 def _counts(path: Path, every: float) -> None:
-    """Cheap evidence (no tracing): RSS, pymalloc blocks, gc objects by type, every ``every`` s."""
+    """Cheap evidence (no tracing): RSS, pymalloc blocks, glibc's heap, gc objects by type (the
+    top 40 and a fixed list), and what the collector did since the last sample, every ``every``
+    seconds."""
     import collections
     import gc
     import json
+
+    collections_done: collections.Counter[str] = collections.Counter()
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            gen = info["generation"]
+            collections_done[f"gen{gen}"] += 1
+            collections_done[f"gen{gen}_collected"] += info["collected"]
+
+    gc.callbacks.append(on_gc)
 
     def rss_kb() -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -61,11 +124,16 @@ def _counts(path: Path, every: float) -> None:
         while True:
             time.sleep(every)
             types = collections.Counter(type(o).__name__ for o in gc.get_objects())
+            done = dict(collections_done)
+            collections_done.clear()
             doc = {
                 "t": time.time(),
                 "rss_kb": rss_kb(),
                 "blocks": sys.getallocatedblocks(),
+                **_mallinfo(),
                 "objects": sum(types.values()),
+                "gc": done,
+                "watched": {name: types.get(name, 0) for name in _WATCHED},
                 "types": dict(types.most_common(40)),
             }
             with path.open("a") as f:

@@ -49,7 +49,14 @@ from bench._soak_load import LOOPBACK, Workload
 from bench._support import ROOT, ChildProcess, free_port, port_accepts, wait_until
 from eventproxy.log import FileRouteLog
 from support.chp import CHP
-from support.procnet import TcpSocket, open_fds, rss_bytes, states_to, tcp_sockets
+from support.procnet import (
+    TcpSocket,
+    fds_by_kind,
+    open_fds,
+    rss_bytes,
+    states_to,
+    tcp_sockets,
+)
 from support.tools import ToolMissing, ensure_chp
 
 NOFILE = 1024  # the soft limit the eventproxy processes run under
@@ -285,12 +292,16 @@ def _version(binary: Path) -> str:
 
 # -- sampling and analysis --------------------------------------------------------------------
 def sample(
-    pid: int, backend_ports: set[int], sockets: list[TcpSocket] | None = None
+    pid: int,
+    backend_ports: set[int],
+    sockets: list[TcpSocket] | None = None,
+    listen_ports: Sequence[int] = (),
 ) -> dict[str, Any]:
     states = states_to(backend_ports, pid, sockets)
     return {
         "rss_mb": round(rss_bytes(pid) / 2**20, 2),
         "fds": open_fds(pid),
+        "fd_kinds": dict(sorted(fds_by_kind(pid, backend_ports, listen_ports, sockets).items())),
         "backend_sockets": dict(sorted(states.items())),
     }
 
@@ -301,7 +312,7 @@ def sample_all(targets: list[Running], backend_ports: set[int]) -> dict[str, dic
     out: dict[str, dict[str, Any]] = {}
     for target in targets:
         try:
-            out[target.name] = sample(target.pid, backend_ports, sockets)
+            out[target.name] = sample(target.pid, backend_ports, sockets, (target.port,))
         except OSError as exc:
             out[target.name] = {"error": str(exc)}
     return out
@@ -322,6 +333,14 @@ def fit(points: list[tuple[float, float]]) -> dict[str, float | None]:
     return {"slope_per_min": round(slope, 3), "r2": round(r2, 3)}
 
 
+def second_half(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points of the later half of the time span (by time, not by count)."""
+    if not points:
+        return []
+    middle = (points[0][0] + points[-1][0]) / 2
+    return [p for p in points if p[0] >= middle]
+
+
 def analyse(samples: list[dict[str, Any]], params: Params) -> dict[str, Any]:
     good = [s for s in samples if "error" not in s]
     loaded = [s for s in good if s["phase"] == "load" and s["t"] >= params.warm_up]
@@ -331,6 +350,11 @@ def analyse(samples: list[dict[str, Any]], params: Params) -> dict[str, Any]:
     def series(key: str) -> list[tuple[float, float]]:
         return [(s["t"] / 60, float(s[key])) for s in loaded if key in s]
 
+    def kind_series(kind: str) -> list[tuple[float, float]]:
+        return [(s["t"] / 60, float(s["fd_kinds"].get(kind, 0))) for s in loaded if "fd_kinds" in s]
+
+    kinds = sorted({k for s in loaded for k in s.get("fd_kinds", {})})
+
     def close_wait(s: dict[str, Any]) -> int:
         return int(s["backend_sockets"].get("CLOSE_WAIT", 0))
 
@@ -339,12 +363,24 @@ def analyse(samples: list[dict[str, Any]], params: Params) -> dict[str, Any]:
             "start": load[0]["rss_mb"] if load else None,
             "end": load[-1]["rss_mb"] if load else None,
             **fit(series("rss_mb")),
+            # a leak keeps its slope; memory settling (allocator pools reaching the working
+            # set's peak) has most of its rise early and a flat second half
+            "second_half": fit(second_half(series("rss_mb"))),
         },
         "fds": {
             "start": load[0]["fds"] if load else None,
             "end": load[-1]["fds"] if load else None,
             "max": max((s["fds"] for s in load), default=None),
             **fit(series("fds")),
+            "second_half": fit(second_half(series("fds"))),
+        },
+        # which descriptors a trend in "fds" is made of (backend and client sockets, files...)
+        "fd_kinds": {
+            kind: {
+                "mean": round(sum(y for _, y in kind_series(kind)) / max(1, len(loaded)), 1),
+                **fit(kind_series(kind)),
+            }
+            for kind in kinds
         },
         "backend_close_wait": {
             "max_under_load": max((close_wait(s) for s in load), default=None),
@@ -460,13 +496,18 @@ async def soak(workdir: Path, params: Params) -> dict[str, Any]:
     return results
 
 
+def results_stem(ctx: Any) -> str:
+    """``soak-quick`` for a ``--quick`` run, so that it never overwrites the full run's file."""
+    return "soak-quick" if ctx.quick else "soak"
+
+
 def run(ctx: Any) -> dict[str, Any]:
     import tempfile
 
     params = Params.quick() if ctx.quick else Params()
     with tempfile.TemporaryDirectory() as tmp:
         results = asyncio.run(soak(Path(tmp), params))
-    name = "soak-quick" if ctx.quick else "soak"
+    name = results_stem(ctx)
     (ctx.results_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     try:
         from bench._plot import plot_soak

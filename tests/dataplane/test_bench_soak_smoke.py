@@ -12,9 +12,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from bench.bench_soak import Params, analyse, fit, soak
+from bench.bench_soak import Params, analyse, fit, second_half, soak
 
 from support.chp import require_chp
+from support.procnet import fds_by_kind
 
 TINY = {
     "duration": 4.0,
@@ -47,6 +48,61 @@ def test_analyse_reports_close_wait_after_the_cool_down() -> None:
     report = analyse(samples, Params(warm_up=0))
     assert report["fds"]["slope_per_min"] == 10.0 and report["fds"]["r2"] == 1.0
     assert report["backend_close_wait"] == {"max_under_load": 4, "after_cool_down": 7}
+
+
+def test_analyse_separates_settling_from_a_trend_and_fds_by_kind() -> None:
+    """RSS that rises early and then stays (memory settling) has a flat second half; a steady
+    rise keeps its slope there. Descriptors are fitted per kind too."""
+
+    def point(t: float, rss: float, backend: int, client: int) -> dict[str, object]:
+        kinds = {"backend": backend, "client": client, "file": 5}
+        return {
+            "t": t * 60,
+            "phase": "load",
+            "rss_mb": rss,
+            "fds": sum(kinds.values()),
+            "fd_kinds": kinds,
+            "backend_sockets": {},
+        }
+
+    settling = [point(t, min(10.0 + t, 14.0), 256, 64 - t) for t in range(10)]
+    report = analyse(settling, Params(warm_up=0))
+    assert report["rss_mb"]["slope_per_min"] > 0.3
+    assert report["rss_mb"]["second_half"] == {"slope_per_min": 0.0, "r2": 0.0}
+    assert report["fd_kinds"]["backend"] == {"mean": 256.0, "slope_per_min": 0.0, "r2": 0.0}
+    assert report["fd_kinds"]["client"]["slope_per_min"] == -1.0
+    leaking = analyse([point(t, 10.0 + t, 256, 64) for t in range(10)], Params(warm_up=0))
+    assert leaking["rss_mb"]["second_half"] == {"slope_per_min": 1.0, "r2": 1.0}
+    assert second_half([(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]) == [(1.0, 2.0), (2.0, 3.0)]
+
+
+def test_fds_by_kind_of_this_process(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    backend = socket.create_server(("127.0.0.1", 0))
+    with (
+        listener,
+        backend,
+        socket.create_connection(("127.0.0.1", port)) as client,
+        socket.create_connection(("127.0.0.1", backend.getsockname()[1])) as to_backend,
+        open(tmp_path / "f", "w"),
+    ):
+        accepted, _ = listener.accept()
+        reading, writing = os.pipe()
+        try:
+            kinds = fds_by_kind(os.getpid(), {backend.getsockname()[1]}, {port})
+        finally:
+            accepted.close()
+            os.close(reading)
+            os.close(writing)
+            assert to_backend.fileno() >= 0 and client.fileno() >= 0
+    assert kinds["listen"] >= 2 and kinds["backend"] == 1 and kinds["client"] == 1
+    assert kinds["pipe"] >= 2 and kinds["file"] >= 1
+    # the connecting end of the client connection (an ephemeral local port) is neither
+    assert kinds["tcp_other"] >= 1
 
 
 def _check(result: dict[str, object], names: set[str]) -> None:

@@ -73,6 +73,60 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What each open descriptor of ``pid`` is (its ``/proc/PID/fd`` link target)."""
+    out = []
+    fd_dir = f"/proc/{pid}/fd"
+    for name in os.listdir(fd_dir):
+        try:
+            out.append(os.readlink(f"{fd_dir}/{name}"))
+        except OSError:
+            continue  # closed meanwhile
+    return out
+
+
+def fds_by_kind(
+    pid: int,
+    backend_ports: Collection[int],
+    listen_ports: Collection[int],
+    sockets: list[TcpSocket] | None = None,
+) -> Counter[str]:
+    """Open descriptors of ``pid`` by kind: TCP sockets to a backend (remote port in
+    ``backend_ports``), accepted client connections (local port in ``listen_ports``), listening
+    sockets, other TCP sockets, other sockets (Unix, ...), files, pipes, epoll/eventfd/other
+    anonymous inodes."""
+    by_inode = {s.inode: s for s in (tcp_sockets() if sockets is None else sockets)}
+    targets = fd_targets(pid)
+    inodes = [int(t[8:-1]) for t in targets if t.startswith("socket:[")]
+    if any(i not in by_inode for i in inodes):
+        # a socket opened since ``sockets`` was read, or one the kernel's table skipped while
+        # sockets came and went under a long read: read the table again once
+        by_inode.update((s.inode, s) for s in tcp_sockets())
+    kinds: Counter[str] = Counter()
+    for target in targets:
+        if target.startswith("socket:["):
+            sock = by_inode.get(int(target[8:-1]))
+            if sock is None:
+                kinds["socket_other"] += 1  # Unix sockets, or TCP not found in either read
+            elif sock.state == "LISTEN":
+                kinds["listen"] += 1
+            elif sock.remote_port in backend_ports:
+                kinds["backend"] += 1
+            elif sock.local_port in listen_ports:
+                kinds["client"] += 1
+            else:
+                kinds["tcp_other"] += 1
+        elif target.startswith("pipe:["):
+            kinds["pipe"] += 1
+        elif target.startswith("anon_inode:"):
+            kinds[target[11:].strip("[]")] += 1
+        elif target.startswith("/"):
+            kinds["file"] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
