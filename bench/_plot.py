@@ -137,13 +137,16 @@ def plot_soak(results: dict[str, Any], out: Path) -> Path:
         ax.grid(alpha=0.3)
         if loaded:
             ax.axvline(loaded / 60, color="grey", linewidth=0.8)  # load ends, cool-down starts
+        warm_up = results.get("parameters", {}).get("warm_up")
+        if warm_up:
+            ax.axvline(warm_up / 60, color="grey", linewidth=0.8, linestyle=":")  # slopes from
         ax.legend(fontsize=8)
     p = results["parameters"]
     fig.suptitle(
         f"soak: {p['routes']} routes on own ports, {p['changes_per_s']:g} changes/s, "
         f"{p['http_per_s']:g} GET/s, {p['ws_per_s']:g} WS/s; load avg "
         f"{results.get('loadavg_before', ['?'])[0]} before, "
-        f"{results.get('loadavg_after', ['?'])[0]} after (grey line: cool-down starts)"
+        f"{results.get('loadavg_after', ['?'])[0]} after (dotted: slopes from; grey: cool-down)"
     )
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -22,6 +22,7 @@ TINY = {
     "interval": 0.5,
     "cool_down": 6.0,  # longer than the backends' 5 s keep-alive: idle sockets get closed
     "warm_up": 0.0,
+    "precondition_changes": 12,
     "routes": 8,
     "spare_ports": 4,
     "backend_processes": 1,
