@@ -14,11 +14,12 @@ from typing import Any
 import msgpack
 
 from ._errors import CorruptLogError, UnsupportedSchemaError
-from .events import SCHEMA_VERSION, RouteAdded
+from .events import SCHEMA_VERSION, RouteAdded, pack_map_streaming
 from .table import RouteEntry, RouteTable
 
 __all__ = [
     "Snapshot",
+    "pack_snapshot",
     "snapshot_from_wire",
     "snapshot_to_wire",
 ]
@@ -44,6 +45,23 @@ def snapshot_to_wire(snapshot: Snapshot) -> dict[str, Any]:
         "ts": msgpack.Timestamp.from_datetime(snapshot.ts),
         "routes": [[e.routespec, e.target, e.data, e.seq] for e in snapshot.table.values()],
     }
+
+
+def pack_snapshot(snapshot: Snapshot) -> bytes:
+    """``packb(snapshot_to_wire(snapshot))``, byte for byte, encoding one route at a time
+    (see :func:`~eventproxy.events.pack_map_streaming`)."""
+    table = snapshot.table
+    return pack_map_streaming(
+        (
+            ("v", SCHEMA_VERSION),
+            ("type", "snapshot"),
+            ("seq", snapshot.seq),
+            ("ts", msgpack.Timestamp.from_datetime(snapshot.ts)),
+        ),
+        "routes",
+        ([e.routespec, e.target, e.data, e.seq] for e in table.values()),
+        len(table),
+    )
 
 
 def snapshot_from_wire(wire: object, *, where: str = "snapshot") -> Snapshot:

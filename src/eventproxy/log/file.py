@@ -39,7 +39,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,8 @@ import anyio.to_thread
 
 from .._errors import CorruptLogError, LogError, LogLockedError, LogUnavailableError
 from .._gc import paused_gc
-from ..events import Record, packb, record_to_wire, records_from_wire, unpackb
-from ..snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
+from ..events import Record, pack_map_streaming, record_to_wire, records_from_wire, unpackb
+from ..snapshot import Snapshot, pack_snapshot, snapshot_from_wire
 from ._base import LocalRouteLog, encode_or_refuse, map_os_errors
 from ._framing import FILE_MAGIC, encode_frame, scan
 
@@ -75,8 +75,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _batch_payload(records: Iterable[Record]) -> bytes:
-    return packb({"type": "batch", "records": [record_to_wire(r) for r in records]})
+def _batch_payload(records: Sequence[Record]) -> bytes:
+    """``packb({"type": "batch", "records": [...]})``, one record's wire form at a time."""
+    return pack_map_streaming(
+        (("type", "batch"),), "records", (record_to_wire(r) for r in records), len(records)
+    )
 
 
 class FileRouteLog(LocalRouteLog):
@@ -405,7 +408,7 @@ class FileRouteLog(LocalRouteLog):
         await anyio.to_thread.run_sync(compact)
 
     def _compact_sync(self, snapshot: Snapshot, records: list[Record]) -> None:
-        parts = [FILE_MAGIC, encode_frame(packb(snapshot_to_wire(snapshot)))]
+        parts = [FILE_MAGIC, encode_frame(pack_snapshot(snapshot))]
         for i in range(0, len(records), _FRAME_RECORDS):
             parts.append(encode_frame(_batch_payload(records[i : i + _FRAME_RECORDS])))
         data = b"".join(parts)
