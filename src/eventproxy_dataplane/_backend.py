@@ -270,6 +270,36 @@ class BackendPool:
         self._check_out(conn)
         return conn, False
 
+    def acquire_idle(self, url: str) -> BackendConnection | None:
+        """An idle pooled connection to ``url``, or None (then :meth:`acquire` connects).
+
+        Synchronous, for the callback edge: stale connections met on the way are closed at
+        once (or by the next sweep)."""
+        stack = self._idle.get(url)
+        if not stack:
+            return None
+        limit = time.monotonic() - self._settings.pool_idle_timeout
+        found = None
+        while stack:
+            conn = stack.pop()
+            del self._order[conn]
+            if conn.idle_since >= limit and not getattr(conn.stream, "dead", False):
+                found = conn
+                break
+            self.closed["timeout" if conn.idle_since < limit else "peer_closed"] += 1
+            self._close_later(conn)
+        if not stack:
+            del self._idle[url]
+        if found is not None:
+            self._check_out(found)
+        return found
+
+    def _close_later(self, conn: BackendConnection) -> None:
+        if not _close_now(conn):
+            self._closing.append(conn)
+            if self._wake is not None:
+                self._wake.set()
+
     def _check_out(self, conn: BackendConnection) -> None:
         watch = getattr(conn.stream, "watch_eof", None)
         if watch is not None:
@@ -324,14 +354,24 @@ class BackendPool:
 
     async def release(self, conn: BackendConnection) -> None:
         """Return ``conn`` to the pool if its exchange ended cleanly, else close it."""
+        if not self._pool(conn):
+            await conn.aclose()
+
+    def release_now(self, conn: BackendConnection) -> None:
+        """:meth:`release`, synchronous (for the callback edge)."""
+        if not self._pool(conn):
+            conn.pool = None
+            self._close_later(conn)
+
+    def _pool(self, conn: BackendConnection) -> bool:
+        """Check ``conn`` in; pool it if it can be reused (True), else leave it to close."""
         url = conn.address.url
         retired = url in self._retired
         if conn.pool is self:
             conn.pool = None
             self._checked_in(url)
         if not conn.reusable or retired or getattr(conn.stream, "dead", False):
-            await conn.aclose()
-            return
+            return False
         settings = self._settings
         stack = self._idle.get(url)
         if stack is not None and len(stack) >= settings.pool_max_idle:
@@ -347,6 +387,7 @@ class BackendPool:
         watch = getattr(conn.stream, "watch_eof", None)
         if watch is not None:
             watch(lambda: self._peer_closed(conn))
+        return True
 
     def _peer_closed(self, conn: BackendConnection) -> None:
         """The fast edge saw EOF (or loss) on a connection; release it if it is idle here."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
@@ -53,6 +53,15 @@ logger = logging.getLogger("eventproxy_dataplane.proxy")
 _TRANSPORT_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
+class LiveConnection(Protocol):
+    """A client connection the watchdog looks after (any edge)."""
+
+    @property
+    def core(self) -> ClientCore: ...
+
+    def timed_out(self) -> None: ...
+
+
 class ProxyState(CoreContext):
     """What every connection of one data plane shares: the core's context plus the pool and
     the set of live connections (for the watchdog)."""
@@ -64,7 +73,7 @@ class ProxyState(CoreContext):
         clock: Callable[[], float] = anyio.current_time
         super().__init__(table, settings, address=pool.address, clock=clock)
         self.pool = pool
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[LiveConnection] = set()
 
     def set_clock(self) -> None:
         """Use the running loop's clock directly (anyio.current_time looks the loop up)."""
@@ -105,9 +114,10 @@ class ClientConnection:
         self.scope = anyio.CancelScope()
         self.queue: deque[Action] = deque()
 
-    @property
-    def deadline(self) -> float:
-        return self.core.deadline
+    def timed_out(self) -> None:
+        """The watchdog: ``core.deadline`` has passed (the driver asks the core what now)."""
+        self.core.deadline = NEVER  # once; deadline_passed() answers with the phase
+        self.scope.cancel()
 
     async def run(self) -> None:
         state = self.state
@@ -292,8 +302,7 @@ async def watchdog(state: ProxyState) -> None:
         await anyio.sleep(tick)
         now = state.clock()
         for conn in [c for c in connections if c.core.deadline <= now]:
-            conn.core.deadline = NEVER  # once; deadline_passed() answers with the phase
-            conn.scope.cancel()
+            conn.timed_out()
 
 
 __all__ = [

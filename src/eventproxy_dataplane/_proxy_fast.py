@@ -45,8 +45,11 @@ class _StreamProtocol(asyncio.Protocol):
         "lost",
         "on_eof",
         "on_made",
+        "on_writable",
         "read_paused",
         "read_waiter",
+        "sink",
+        "sink_lost",
         "size",
         "tls",
         "transport",
@@ -74,6 +77,12 @@ class _StreamProtocol(asyncio.Protocol):
         # called once when the peer closes or the connection is lost (a pooled idle connection
         # is then released at once, never left in CLOSE_WAIT)
         self.on_eof: Callable[[], None] | None = None
+        # callback mode (the callback edge, :mod:`._edge_callback`): bytes go to ``sink``
+        # (``b""``: EOF) instead of the buffer, loss to ``sink_lost``, write-buffer state to
+        # ``on_writable``
+        self.sink: Callable[[bytes], None] | None = None
+        self.sink_lost: Callable[[BaseException | None], None] | None = None
+        self.on_writable: Callable[[bool], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the Transport interface without subclassing it
@@ -96,7 +105,29 @@ class _StreamProtocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def set_reading(self, on: bool) -> None:
+        """Pause or resume reading from the socket (callback mode)."""
+        if on == self.read_paused:
+            transport = self.transport
+            self.read_paused = not on
+            if transport is not None and not self.lost and not transport.is_closing():
+                if on:
+                    transport.resume_reading()
+                else:
+                    transport.pause_reading()
+
+    def take_buffer(self) -> bytes:
+        """What was buffered before callback mode started."""
+        data = b"".join(self.buffer)
+        self.buffer.clear()
+        self.size = 0
+        return data
+
     def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink(data)
+            return
         self.buffer.append(data)
         self.size += len(data)
         if self.read_waiter is not None:
@@ -114,6 +145,9 @@ class _StreamProtocol(asyncio.Protocol):
         self.eof = True
         self._wake_reader()
         self._notify_eof()
+        sink = self.sink
+        if sink is not None:
+            sink(b"")
         # keep the write side open (the stream's owner closes); TLS cannot half-close
         return not self.tls
 
@@ -124,13 +158,22 @@ class _StreamProtocol(asyncio.Protocol):
         self._wake_reader()
         self._wake_writer()
         self._notify_eof()
+        lost = self.sink_lost
+        if lost is not None:
+            lost(exc)
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        callback = self.on_writable
+        if callback is not None:
+            callback(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_writer()
+        callback = self.on_writable
+        if callback is not None:
+            callback(True)
 
 
 class FastStream(anyio.abc.ByteStream):
@@ -141,6 +184,10 @@ class FastStream(anyio.abc.ByteStream):
         self._p = protocol
         self._transport = protocol.transport
         self._closed = False
+
+    @property
+    def protocol(self) -> _StreamProtocol:
+        return self._p
 
     @property
     def dead(self) -> bool:

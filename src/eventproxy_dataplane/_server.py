@@ -34,6 +34,7 @@ from anyio.streams.tls import TLSStream
 
 from ._backend import BackendPool
 from ._config import ConfigProblem, RouterSpec, ServiceSpec
+from ._edge_callback import serve_callback
 from ._limits import (
     ACCEPT_BURST,
     AcceptErrors,
@@ -317,26 +318,15 @@ class DataPlane:
         ssl_context: ssl.SSLContext | None,
         task_status: anyio.abc.TaskStatus[int],
     ) -> None:
-        tls = ssl_context is not None
         state = self._state
-        gate = self.gate
-
-        async def handle(stream: FastStream) -> None:
-            if not gate.admit():
-                stream.close_now()
-                return
-            try:
-                await ClientConnection(state, stream, client_ip=_peer_ip(stream), tls=tls).run()
-            finally:
-                gate.leave()
-
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_housekeeping, state)
-                await serve_fast(
+                await serve_callback(
+                    state,
+                    self.gate,
                     host,
                     port,
-                    handle,
                     ssl_context=ssl_context,
                     task_status=task_status,
                     backlog=ACCEPT_BURST,
@@ -350,14 +340,15 @@ class DataPlane:
     ) -> None:
         """Serve HTTP on a Unix socket at ``path`` until cancelled (the socket file is removed).
 
-        On asyncio this always uses the asyncio-protocol edge: anyio's asyncio UNIX socket
-        stream can report ``InvalidStateError`` to the loop when a reader is cancelled while the
-        socket becomes readable.
+        On asyncio this always uses an asyncio protocol: anyio's asyncio UNIX socket stream can
+        report ``InvalidStateError`` to the loop when a reader is cancelled while the socket
+        becomes readable. With ``io_edge="auto"`` that is the callback edge; with ``"anyio"``
+        the anyio driver runs over protocol streams (the pool's backend connections are anyio
+        streams then, which the callback edge does not drive).
         """
         self._state.set_clock()
         if fast_edge_available():
             state = self._state
-
             gate = self.gate
 
             async def handle_fast(stream: FastStream) -> None:
@@ -372,14 +363,25 @@ class DataPlane:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_housekeeping, state)
-                    await serve_fast(
-                        "",
-                        0,
-                        handle_fast,
-                        unix_path=path,
-                        task_status=task_status,
-                        backlog=ACCEPT_BURST,
-                    )
+                    if self.settings.io_edge == "auto":
+                        await serve_callback(
+                            state,
+                            gate,
+                            "",
+                            0,
+                            unix_path=path,
+                            task_status=task_status,
+                            backlog=ACCEPT_BURST,
+                        )
+                    else:
+                        await serve_fast(
+                            "",
+                            0,
+                            handle_fast,
+                            unix_path=path,
+                            task_status=task_status,
+                            backlog=ACCEPT_BURST,
+                        )
             finally:
                 with anyio.CancelScope(shield=True):
                     await state.pool.aclose()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 
 import pytest
 
 from support import backends
 
-# The (anyio backend, I/O edge) pairs that exist. "auto" is the asyncio-protocol edge on asyncio
-# and the anyio edge on trio, so "anyio" on trio would only repeat "auto": never generated.
+# The (anyio backend, I/O edge) pairs that exist. "auto" is the asyncio callback edge on asyncio
+# (stock loop, and uvloop when installed) and the anyio edge on trio, so "anyio" on trio would
+# only repeat "auto": never generated.
 BACKEND_EDGES = [
     (("asyncio", {"debug": False}), "auto", "asyncio-auto"),
     (("asyncio", {"debug": False}), "anyio", "asyncio-anyio"),
     (("trio", {}), "auto", "trio-auto"),
 ]
+if importlib.util.find_spec("uvloop") is not None:
+    # the callback edge on uvloop (what a standalone node runs on)
+    BACKEND_EDGES.append((("asyncio", {"use_uvloop": True}), "auto", "uvloop-auto"))
 PARSERS = backends.PARSERS
 
 
