@@ -12,9 +12,9 @@ that reports back through the same entry point: connecting a new backend connect
 an ``error_target`` page, and nothing else; the WebSocket relay after a 101 is two callback
 pairs writing transport to transport.
 
-Back-pressure: the core reads a side only when it wants to (``read_client`` /
-``read_backend``); on top of that, a side whose peer's write buffer is full
-(``pause_writing``) is not read until ``resume_writing``.
+Back-pressure: a side whose peer's write buffer is full (``pause_writing``) is not read until
+``resume_writing``; a side the core does not want to read (``read_client`` / ``read_backend``)
+is paused once bytes it did not ask for arrive (they wait in the core's parser).
 
 Re-entrancy: a callback that arrives while actions are being executed (a write can call
 ``pause_writing`` at once) queues its actions behind the current ones.
@@ -122,7 +122,10 @@ class CallbackConnection:
     # -- callbacks -------------------------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
+        wanted = self.core.read_client
         self.run(self.core.client_data(data))
+        if not wanted and not self.done and not self.core.read_client:
+            self.cp.set_reading(False)  # bytes the core did not ask for: now stop (lazily)
 
     def client_lost(self, exc: BaseException | None) -> None:
         if not self.done:
@@ -236,7 +239,11 @@ class CallbackConnection:
         return None
 
     def _sync_reading(self) -> None:
-        """Read a side when the core wants it and the other side can take what it sends."""
+        """Read a side when the core wants it; stop reading a side when the other cannot take
+        what it sends (back-pressure). A side the core merely does not want now is paused
+        lazily, when bytes it did not ask for arrive (:meth:`client_data`): a kept-alive
+        client waiting for its response then costs no pause/resume (two selector changes per
+        request on the stock loop)."""
         core = self.core
         bp = self.bp
         if self.relaying:
@@ -244,9 +251,15 @@ class CallbackConnection:
             if bp is not None:
                 bp.set_reading(not self.client_blocked)
             return
-        self.cp.set_reading(core.read_client and not (bp is not None and self.backend_blocked))
+        if bp is not None and self.backend_blocked:
+            self.cp.set_reading(False)
+        elif core.read_client:
+            self.cp.set_reading(True)
         if bp is not None:
-            bp.set_reading(core.read_backend and not self.client_blocked)
+            if self.client_blocked:
+                bp.set_reading(False)
+            elif core.read_backend:
+                bp.set_reading(True)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
