@@ -37,7 +37,7 @@ from __future__ import annotations
 import select
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -244,27 +244,12 @@ class BackendPool:
 
     async def acquire(self, url: str) -> tuple[BackendConnection, bool]:
         """A connection to ``url``: an idle pooled one (``True``) or a new one (``False``)."""
-        stack = self._idle.get(url)
-        if stack:
-            limit = time.monotonic() - self._settings.pool_idle_timeout
-            found = None
-            stale = []
-            while stack:
-                conn = stack.pop()
-                del self._order[conn]
-                if conn.idle_since >= limit and not getattr(conn.stream, "dead", False):
-                    found = conn
-                    break
-                self.closed["timeout" if conn.idle_since < limit else "peer_closed"] += 1
-                stale.append(conn)
-            if not stack:
-                del self._idle[url]
-            if found is not None:
-                self._check_out(found)
-            for conn in stale:
-                await anyio.aclose_forcefully(conn.stream)
-            if found is not None:
-                return found, True
+        stale: list[BackendConnection] = []
+        found = self._take_idle(url, stale.append)
+        for conn in stale:
+            await anyio.aclose_forcefully(conn.stream)
+        if found is not None:
+            return found, True
         self._retired.discard(url)  # someone sends to it again
         conn = await self.connect(url)
         self._check_out(conn)
@@ -275,6 +260,13 @@ class BackendPool:
 
         Synchronous, for the callback edge: stale connections met on the way are closed at
         once (or by the next sweep)."""
+        return self._take_idle(url, self._close_later)
+
+    def _take_idle(
+        self, url: str, discard: Callable[[BackendConnection], None]
+    ) -> BackendConnection | None:
+        """Check out the newest live idle connection to ``url``, if any; the stale ones met on
+        the way (idle too long, or closed by the peer) are counted and given to ``discard``."""
         stack = self._idle.get(url)
         if not stack:
             return None
@@ -287,7 +279,7 @@ class BackendPool:
                 found = conn
                 break
             self.closed["timeout" if conn.idle_since < limit else "peer_closed"] += 1
-            self._close_later(conn)
+            discard(conn)
         if not stack:
             del self._idle[url]
         if found is not None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +54,7 @@ from ._core import (
 from ._errors import BackendError, BackendProtocolError
 from ._limits import ConnectionGate
 from ._proxy import ProxyState
-from ._proxy_fast import FastStream, _StreamProtocol
+from ._proxy_fast import FastStream, _StreamProtocol, listen_protocols
 
 logger = logging.getLogger("eventproxy_dataplane")
 
@@ -418,7 +417,6 @@ async def serve_callback(
     ``unix_path`` (``task_status`` gets the path). Beyond ``gate``'s limit a new connection is
     closed as soon as it is accepted. Cancelling closes the listener and every connection.
     """
-    loop = asyncio.get_running_loop()
     tls = ssl_context is not None
     live: set[CallbackConnection] = set()
 
@@ -440,32 +438,17 @@ async def serve_callback(
         live.add(conn)
         conn.start()
 
-    def factory() -> _StreamProtocol:
-        return _StreamProtocol(loop, made)
-
-    if unix_path is not None:
-        server = await loop.create_unix_server(factory, unix_path, backlog=backlog)
-    else:
-        server = await loop.create_server(
-            factory, host, port, ssl=ssl_context, reuse_address=True, backlog=backlog
-        )
+    server, where = await listen_protocols(
+        made,
+        host,
+        port,
+        ssl_context=ssl_context,
+        unix_path=unix_path,
+        backlog=backlog,
+        edge="asyncio callback edge",
+    )
     try:
-        if unix_path is not None:
-            logger.info("data plane listening on unix:%s (asyncio callback edge)", unix_path)
-            task_status.started(unix_path)
-        else:
-            bound = next(
-                s.getsockname()[1]
-                for s in server.sockets
-                if s.family in (socket.AF_INET, socket.AF_INET6)
-            )
-            logger.info(
-                "data plane listening on %s:%d%s (asyncio callback edge)",
-                host,
-                bound,
-                " (TLS)" if tls else "",
-            )
-            task_status.started(int(bound))
+        task_status.started(where)
         await anyio.sleep_forever()
     finally:
         server.close()

@@ -325,6 +325,44 @@ async def connect_fast(
     return FastStream(protocol)
 
 
+async def listen_protocols(
+    made: Callable[[_StreamProtocol], None],
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    unix_path: str | None,
+    backlog: int,
+    edge: str,
+) -> tuple[asyncio.AbstractServer, int | str]:
+    """Listen on TCP ``host:port`` or on the Unix socket ``unix_path``, each accepted socket a
+    :class:`_StreamProtocol` that calls ``made``; the server and where it listens (the bound
+    port, or the path), logged with ``edge``'s name."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> _StreamProtocol:
+        return _StreamProtocol(loop, made)
+
+    if unix_path is not None:
+        server = await loop.create_unix_server(factory, unix_path, backlog=backlog)
+        logger.info("data plane listening on unix:%s (%s)", unix_path, edge)
+        return server, unix_path
+    server = await loop.create_server(
+        factory, host, port, ssl=ssl_context, reuse_address=True, backlog=backlog
+    )
+    bound = next(
+        s.getsockname()[1] for s in server.sockets if s.family in (socket.AF_INET, socket.AF_INET6)
+    )
+    logger.info(
+        "data plane listening on %s:%d%s (%s)",
+        host,
+        bound,
+        " (TLS)" if ssl_context is not None else "",
+        edge,
+    )
+    return server, int(bound)
+
+
 async def serve_fast(
     host: str,
     port: int,
@@ -349,32 +387,17 @@ async def serve_fast(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    def factory() -> _StreamProtocol:
-        return _StreamProtocol(loop, made)
-
-    if unix_path is not None:
-        server = await loop.create_unix_server(factory, unix_path, backlog=backlog)
-    else:
-        server = await loop.create_server(
-            factory, host, port, ssl=ssl_context, reuse_address=True, backlog=backlog
-        )
+    server, where = await listen_protocols(
+        made,
+        host,
+        port,
+        ssl_context=ssl_context,
+        unix_path=unix_path,
+        backlog=backlog,
+        edge="asyncio protocol edge",
+    )
     try:
-        if unix_path is not None:
-            logger.info("data plane listening on unix:%s (asyncio protocol edge)", unix_path)
-            task_status.started(unix_path)
-        else:
-            bound = next(
-                s.getsockname()[1]
-                for s in server.sockets
-                if s.family in (socket.AF_INET, socket.AF_INET6)
-            )
-            logger.info(
-                "data plane listening on %s:%d%s (asyncio protocol edge)",
-                host,
-                bound,
-                " (TLS)" if ssl_context is not None else "",
-            )
-            task_status.started(int(bound))
+        task_status.started(where)
         await anyio.sleep_forever()
     finally:
         server.close()
