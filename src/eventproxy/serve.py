@@ -8,9 +8,15 @@ that fell behind by m records on n routes catches up in O(m) folding plus at mos
 n plane changes per batch; with batches as big as ``CATCH_UP_BATCH`` (100,000) that is about
 the work of a replay (fold m records, install n routes). At the head, each record is applied
 as it arrives. Several
-nodes may follow the same log (a file on one machine today; etcd later); none of them writes.
-If the writer compacts past a node's position, the node reloads from the snapshot and applies
-the difference.
+nodes may follow the same log (a file on one machine, or etcd); none of them writes. If the
+writer compacts past a node's position, the node reloads from the snapshot and applies the
+difference.
+
+While etcd is unreachable or has no quorum (at start-up, or later), a node serves what it has
+(its last-known-good table) and retries with back-off; a ``/health?min_seq=N`` for a seq it
+lacks (the hub confirming a change) cuts that back-off short and is passed on to the log's
+watchers (:meth:`~eventproxy.log.etcd.EtcdRouteLog.nudge`), so the node follows again the
+moment a change is waited for, not up to 5 s later.
 """
 
 from __future__ import annotations
@@ -194,6 +200,33 @@ def _read_lkg_sync(state_dir: Path) -> RouteTable | None:
         return None
 
 
+class _Retry:
+    """A node's back-off while its log is unavailable, cut short when a reader asks for a seq
+    the node does not have (``DataPlane.on_seq_wanted``: the hub confirming a change), which
+    is also passed on to the log's watchers (:meth:`EtcdRouteLog.nudge`)."""
+
+    def __init__(self) -> None:
+        self.log: EtcdRouteLog | None = None
+        self._wake: anyio.Event | None = None
+        self.delay = 0.1
+
+    def seq_wanted(self, seq: int) -> None:
+        if self.log is not None:
+            self.log.nudge(seq)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def wait(self) -> None:
+        """Sleep the current back-off (doubling it, to 5 s at most), or less if asked."""
+        self._wake = wake = anyio.Event()
+        try:
+            with anyio.move_on_after(self.delay):
+                await wake.wait()
+        finally:
+            self._wake = None
+        self.delay = min(self.delay * 2, 5.0)
+
+
 class _Node:
     """The state a log-following node reports on ``/health``."""
 
@@ -249,7 +282,8 @@ async def follow_log_node(
     task_status.started(projection.seq)
     if etcd is not None:
         etcd = dataclasses.replace(etcd, timeout=min(etcd.timeout, 2.0))
-    delay = 0.1
+    retry = _Retry()
+    plane.on_seq_wanted = retry.seq_wanted
     remote = log_url.split(":", 1)[0].lower() in ("etcd", "etcds")
     while True:
         try:
@@ -257,11 +291,12 @@ async def follow_log_node(
         except LogUnavailableError as exc:
             if not remote:
                 raise  # a local file that is missing is a mistake, not an outage
-            logger.warning("cannot open %s: %s; retrying in %.1fs", node.log_url, exc, delay)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            logger.warning("cannot open %s: %s; retrying in %.1fs", node.log_url, exc, retry.delay)
+            await retry.wait()
             continue
         break
+    if isinstance(log, EtcdRouteLog):
+        retry.log = log
     async with log, anyio.create_task_group() as tg:
         dirty = anyio.Event()
 
@@ -293,8 +328,26 @@ async def follow_log_node(
 
         if isinstance(log, EtcdRouteLog):
             log.on_connection = on_connection
+
+        async def load() -> RouteTable:
+            """The log's table; while etcd is unavailable (again), retried with back-off."""
+            while True:
+                try:
+                    return await log.load_table()
+                except LogUnavailableError as exc:
+                    if not remote:
+                        raise
+                    logger.warning(
+                        "cannot read %s: %s; serving seq %d, retrying in %.1fs",
+                        node.log_url,
+                        exc,
+                        projection.seq,
+                        retry.delay,
+                    )
+                    await retry.wait()
+
         try:
-            table = await log.load_table()
+            table = await load()
             if lkg is not None and table.seq < lkg.seq:
                 raise LogResetError(
                     f"route log {node.log_url} is at seq {table.seq}, behind this node's "
@@ -317,7 +370,7 @@ async def follow_log_node(
                     await follow(log, projection, on_batch=changed)
                     return
                 except CompactedError:
-                    projection.reset(await log.load_table())
+                    projection.reset(await load())
                     changed()
         except LogResetError as exc:
             node.reset = str(exc)

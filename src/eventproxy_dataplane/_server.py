@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -108,6 +108,9 @@ class DataPlane:
         # what the source reports for /health (applied_seq, source, ...); see report_status
         self._status: dict[str, Any] = {}
         self._status_changed: anyio.Event | None = None
+        #: called with N when a ``wait_for_seq(N)`` finds ``applied_seq`` below N: the source
+        #: can look for it now rather than later (a log follower ends its back-off)
+        self.on_seq_wanted: Callable[[int], None] | None = None
         if table is not None:
             self.set_table(table)  # generation 1
 
@@ -130,6 +133,9 @@ class DataPlane:
 
     async def wait_for_seq(self, seq: int, seconds: float) -> bool:
         """Wait until the reported ``applied_seq`` is at least ``seq``; False after ``seconds``."""
+        wanted = self.on_seq_wanted
+        if wanted is not None and int(self._status.get("applied_seq", -1)) < seq:
+            wanted(seq)
         with anyio.move_on_after(seconds):
             while int(self._status.get("applied_seq", -1)) < seq:
                 if self._status_changed is None:

@@ -973,9 +973,15 @@ class EtcdWatch:
                         )  # fmt: skip
                     self.endpoint = endpoint
                     self._lines = lines
-                    first = await self._next_result()
+                    # the member answers a create at once (no raft round): one that does not
+                    # is not waited on for ever; the next member is asked
+                    first: dict[str, Any] | None = None
+                    with anyio.move_on_after(client.options.timeout):
+                        first = await self._next_result()
+                        if first is None:
+                            raise _Retry(endpoint, "the watch stream ended before it was created")
                     if first is None:
-                        raise _Retry(endpoint, "the watch stream ended before it was created")
+                        raise _Retry(endpoint, "no answer (the watch was not created)")
                     if first.get("canceled"):
                         reason = str(first.get("cancel_reason") or "")
                         if (

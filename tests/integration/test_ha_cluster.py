@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -193,6 +193,32 @@ class Load:
         self._thread.join(30)
 
 
+async def adds_work_again(
+    proxy: EventProxy, nodes: list[Node], add: Callable[[str], Awaitable[None]]
+) -> None:
+    """Add a route until it works (the first adds may meet the cluster electing), for 40 s at
+    most; then fail with every error and what the nodes say (instead of a bare timeout)."""
+    began = time.monotonic()
+    errors: list[str] = []
+    while True:
+        try:
+            await add("/user/a3/")
+            break
+        except EventProxyError as exc:
+            errors.append(f"after {time.monotonic() - began:.1f}s: {exc}")
+            if time.monotonic() - began > 40:
+                health = [await asyncio.to_thread(node.health) for node in nodes]
+                logs = [node.log_path.read_text(errors="replace")[-4000:] for node in nodes]
+                pytest.fail(
+                    f"adds kept failing after the quorum came back: {errors}; "
+                    f"the nodes' /health: {health}; the end of their logs: {logs}"
+                )
+            await asyncio.sleep(0.5)
+    took = time.monotonic() - began
+    print(f"adds work again {took:.1f}s after the quorum came back ({len(errors)} failed first)")
+
+
+@pytest.mark.timeout(240)  # room for adds_work_again's report before pytest-timeout's
 async def test_three_members_two_nodes_members_killed(tmp_path: Path, cluster: Cluster) -> None:
     url = f"etcd://{cluster.endpoints}/ha"
     nodes = [Node(tmp_path / f"n{i}", url) for i in range(2)]
@@ -251,14 +277,7 @@ async def test_three_members_two_nodes_members_killed(tmp_path: Path, cluster: C
                 await asyncio.to_thread(cluster.start, "m0")
                 await asyncio.to_thread(cluster.start, "m1")
                 await asyncio.to_thread(wait_until, cluster.healthy, timeout=60, what="quorum back")
-                for attempt in range(20):  # the first adds may meet the cluster electing
-                    try:
-                        await add("/user/a3/")
-                        break
-                    except EventProxyError:
-                        if attempt == 19:
-                            raise
-                        await asyncio.sleep(0.5)
+                await adds_work_again(proxy, nodes, add)
                 # the restarted node caught up and is live again
                 wait_until_live = await asyncio.to_thread(nodes[1].health)
                 assert wait_until_live[1]["applied_seq"] >= 8

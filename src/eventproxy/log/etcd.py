@@ -36,6 +36,8 @@ operations (etcd allows 128).
   the next revision (no polling). After a dropped stream or a restarted member it reconnects
   (with back-off, logging each failure) and resumes from the last revision it saw; if etcd
   compaction removed that revision it recovers by reading the keys again from its cursor.
+  ``nudge(seq)`` (a node asked for a seq it lacks) cuts a back-off short, and makes a stream
+  that has not brought that seq within ``RECHECK_AFTER`` seconds read the keys again.
 * Each reader remembers the store's identity: the cluster id, the log id, the highest revision
   and head seen. A cluster id or log id that changes, a revision or a head that goes backwards,
   means the store was wiped or restored from an older backup: :class:`LogResetError`, never a
@@ -71,6 +73,7 @@ from eventproxy_dataplane.etcd import (
     EtcdUnavailableError,
     EtcdWatch,
     KeyValue,
+    WatchBatch,
     compare_mod_revision,
     compare_value,
     delete_op,
@@ -106,6 +109,14 @@ _MAX_ATTEMPTS = 100  # conflicting appends before a plain append gives up
 _PAGE = 256  # batch keys per range request (adapted to the answer's size)
 _PAGE_BYTES = 8 * 1024 * 1024
 _SEQ = "%020d"
+#: seconds a watch stream gets to bring a seq somebody asked for before the keys are read again
+RECHECK_AFTER = 1.0
+
+
+def back_off(failures: int) -> float:
+    """Seconds a watcher waits after its ``failures``-th failure in a row: 0.1, 0.2 ... 5."""
+    return min(0.05 * 2.0 ** min(failures, 7), 5.0)
+
 
 ENV_PREFIX = "EVENTPROXY_ETCD_"
 
@@ -535,6 +546,17 @@ class EtcdRouteLog(RouteLog):
         self._scopes.add(watcher)
         return watcher
 
+    def nudge(self, seq: int) -> None:
+        """Somebody waits for ``seq`` (a node's ``/health?min_seq``, a hub confirming a change):
+        every watcher that has not got it tries now instead of at the end of its back-off, and
+        one whose stream has not brought it within ``RECHECK_AFTER`` seconds reads the keys
+        again. So a follower recovers the moment etcd is back and a change is waited for, and
+        a stream that fell silent (a member cut off from the others) delays a change by
+        seconds, not for as long as nothing else breaks it. Each call costs at most one extra
+        read per watcher."""
+        for watcher in list(self._scopes):
+            watcher.nudge(seq)
+
     # -- writing ---------------------------------------------------------------------------
 
     async def append(
@@ -801,6 +823,20 @@ class _EtcdWatch(AsyncIterator[Record]):
         self._stopped = False
         self._failures = 0
         self._connected: bool | None = None
+        self._wake: anyio.Event | None = None  # set by nudge(): cut a back-off short
+        self._read: anyio.CancelScope | None = None  # the stream read under way
+        self._rechecking = False  # a nudge already set the read's deadline
+
+    def nudge(self, seq: int) -> None:
+        """See :meth:`EtcdRouteLog.nudge`."""
+        if seq < self._cursor + len(self._buffer):
+            return  # got it already
+        if self._wake is not None:
+            self._wake.set()
+        read = self._read
+        if read is not None and not self._rechecking:
+            self._rechecking = True
+            read.deadline = min(read.deadline, anyio.current_time() + RECHECK_AFTER)
 
     def stop(self) -> None:
         self._stopped = True
@@ -852,7 +888,7 @@ class _EtcdWatch(AsyncIterator[Record]):
                 await self._failed(exc)
             return
         try:
-            batch = await self._stream.__anext__()
+            batch = await self._next_batch(self._stream)
         except EtcdCompactedError:
             logger.info(
                 "%s: the watch revision %d was compacted by etcd; reading the keys from seq %d",
@@ -866,6 +902,17 @@ class _EtcdWatch(AsyncIterator[Record]):
             await self._close_stream()
             if not (self._stopped or log._closed):
                 await self._failed(exc)
+            return
+        if batch is None:
+            logger.info(
+                "%s: seq %d was asked for and the watch on %s has not brought it for %.1fs; "
+                "reading the keys",
+                log.url,
+                self._cursor,
+                self._stream.endpoint,
+                RECHECK_AFTER,
+            )
+            await self._close_stream()
             return
         found: list[Record] = []
         for event in batch.events:
@@ -889,6 +936,16 @@ class _EtcdWatch(AsyncIterator[Record]):
             return
         found.reverse()
         self._buffer = found
+
+    async def _next_batch(self, stream: EtcdWatch) -> WatchBatch | None:
+        """The stream's next batch; None if a nudge's deadline came first (see nudge)."""
+        try:
+            with anyio.CancelScope() as self._read:
+                return await stream.__anext__()
+        finally:
+            self._read = None
+            self._rechecking = False
+        return None
 
     async def _catch_up(self) -> None:
         log = self._log
@@ -917,7 +974,7 @@ class _EtcdWatch(AsyncIterator[Record]):
 
     async def _failed(self, exc: BaseException) -> None:
         self._failures += 1
-        delay = min(0.05 * 2 ** min(self._failures, 7), 5.0)
+        delay = back_off(self._failures)
         reason = str(exc)
         self._report(False, reason)
         level = (
@@ -931,4 +988,9 @@ class _EtcdWatch(AsyncIterator[Record]):
             reason,
             delay,
         )
-        await anyio.sleep(delay)
+        self._wake = wake = anyio.Event()
+        try:
+            with anyio.move_on_after(delay):
+                await wake.wait()  # or at once, when a reader asks for what it lacks
+        finally:
+            self._wake = None
