@@ -231,7 +231,10 @@ class LocalRouteLog(RouteLog):
             raise ValueError(f"auto_compact must be at least 2 records, got {auto_compact}")
         self.url = url
         self.auto_compact = auto_compact
-        self._snapshot: Snapshot | None = None
+        self._snapshot_obj: Snapshot | None = None
+        # a base snapshot still encoded (a follower's reload, see FileRouteLog): its seq, and
+        # how to decode it when somebody asks (a follower past it never does)
+        self._lazy_snapshot: tuple[int, Callable[[], Snapshot]] | None = None
         self._records: list[Record] = []
         self._seqs: list[int] = []  # parallel to _records, for bisect
         self._closed = False
@@ -244,8 +247,19 @@ class LocalRouteLog(RouteLog):
     # -- state helpers ---------------------------------------------------------------------
 
     @property
+    def _snapshot(self) -> Snapshot | None:
+        """The base snapshot (decoded on first use if :meth:`_install` got it encoded)."""
+        lazy = self._lazy_snapshot
+        if lazy is not None:
+            self._snapshot_obj = lazy[1]()
+            self._lazy_snapshot = None
+        return self._snapshot_obj
+
+    @property
     def _base_seq(self) -> int:
-        return self._snapshot.seq if self._snapshot is not None else 0
+        if self._lazy_snapshot is not None:
+            return self._lazy_snapshot[0]
+        return self._snapshot_obj.seq if self._snapshot_obj is not None else 0
 
     @property
     def _head(self) -> int:
@@ -255,8 +269,17 @@ class LocalRouteLog(RouteLog):
     def first_available(self) -> int:
         return self._records[0].seq if self._records else self._head + 1
 
-    def _install(self, snapshot: Snapshot | None, records: list[Record]) -> None:
-        self._snapshot = snapshot
+    def _install(
+        self,
+        snapshot: Snapshot | None,
+        records: list[Record],
+        *,
+        lazy: tuple[int, Callable[[], Snapshot]] | None = None,
+    ) -> None:
+        """Make ``snapshot`` (or, instead, the encoded ``lazy`` one: its seq and its decoder)
+        and ``records`` the log's state."""
+        self._snapshot_obj = snapshot
+        self._lazy_snapshot = lazy
         self._records = records
         self._seqs = [r.seq for r in records]
 
