@@ -38,7 +38,7 @@ from eventproxy_dataplane.etcd import EtcdOptions
 from ._errors import CompactedError, CorruptLogError, LogResetError, LogUnavailableError
 from .events import Record, now_utc, packb, unpackb
 from .log import RouteLog, open_log, redact_url
-from .log.etcd import EtcdRouteLog
+from .log.etcd import EtcdRouteLog, back_off
 from .projection import PlaneProjection
 from .snapshot import Snapshot, snapshot_from_wire, snapshot_to_wire
 from .table import RouteTable
@@ -208,7 +208,11 @@ class _Retry:
     def __init__(self) -> None:
         self.log: EtcdRouteLog | None = None
         self._wake: anyio.Event | None = None
-        self.delay = 0.1
+        self._failures = 1
+
+    @property
+    def delay(self) -> float:
+        return back_off(self._failures)
 
     def seq_wanted(self, seq: int) -> None:
         if self.log is not None:
@@ -217,14 +221,14 @@ class _Retry:
             self._wake.set()
 
     async def wait(self) -> None:
-        """Sleep the current back-off (doubling it, to 5 s at most), or less if asked."""
+        """Sleep the current back-off (the log watchers' :func:`back_off`), or less if asked."""
         self._wake = wake = anyio.Event()
         try:
             with anyio.move_on_after(self.delay):
                 await wake.wait()
         finally:
             self._wake = None
-        self.delay = min(self.delay * 2, 5.0)
+        self._failures += 1
 
 
 class _Node:

@@ -34,16 +34,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.services]
 _prefixes = itertools.count()
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"debug": False}), id="asyncio"),
-        pytest.param(("trio", {}), id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    return request.param
-
-
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[Etcd]:
     require_etcd()

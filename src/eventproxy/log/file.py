@@ -241,11 +241,19 @@ class FileRouteLog(LocalRouteLog):
         if self._fsync:
             _fsync_dir(self.path.parent)
 
-    def _load_sync(self, *, recover: bool) -> None:
+    def _read_sync(self) -> tuple[os.stat_result, bytes]:
+        """The file's stat and bytes, from one open (held, read-only: see _held_fd)."""
         with open(self.path, "rb") as f:
             stat = os.fstat(f.fileno())
             data = f.read()
             self._hold_sync(f.fileno())
+        return stat, data
+
+    def _load_sync(
+        self, *, recover: bool, read: tuple[os.stat_result, bytes] | None = None
+    ) -> None:
+        """Load the whole file (``read``: its stat and bytes, if the caller has them)."""
+        stat, data = read or self._read_sync()
         if len(data) < len(FILE_MAGIC) or not data.startswith(FILE_MAGIC):
             raise CorruptLogError(
                 f"{self.path} is not an eventproxy route log (bad file header at byte offset 0)",
@@ -345,8 +353,9 @@ class FileRouteLog(LocalRouteLog):
         except FileNotFoundError:
             return  # being replaced by a compaction; the next look will find it
         if stat.st_ino != self._inode or stat.st_size < self._size:
-            if not self._reload_compacted_sync():
-                self._load_sync(recover=False)
+            read = self._read_sync()
+            if not self._reload_compacted_sync(*read):
+                self._load_sync(recover=False, read=read)
             return
         if stat.st_size == self._size:
             return
@@ -365,7 +374,7 @@ class FileRouteLog(LocalRouteLog):
             self._records.extend(tail)
         self._size += result.valid_end
 
-    def _reload_compacted_sync(self) -> bool:
+    def _reload_compacted_sync(self, stat: os.stat_result, data: bytes) -> bool:
         """A follower's look at a file a compaction replaced, reusing what it holds: the new
         file is the snapshot at some seq S and the records after S, which this follower has
         up to its head already. So it keeps its records after S, decodes only the frames past
@@ -376,10 +385,6 @@ class FileRouteLog(LocalRouteLog):
         loads the whole file, which names any damage) unless the file lines up exactly:
         S within what this follower holds, every frame contiguous from S + 1, up to at least
         its head."""
-        with open(self.path, "rb") as f:
-            stat = os.fstat(f.fileno())
-            data = f.read()
-            self._hold_sync(f.fileno())
         if not data.startswith(FILE_MAGIC):
             return False
         result = scan(data, len(FILE_MAGIC))
