@@ -17,7 +17,15 @@ batch is durable whole or not at all.
   whose payload CRC fails. That is damage to acknowledged data, so it is refused with the byte
   offset; nothing is skipped.
 
-This module knows nothing of files, locks or msgpack.
+:class:`FrameStream` reads frames one at a time from something with ``read`` and ``readinto``
+(a file), for a reader that needs only some of them whole: it hands out each frame's first
+bytes, and then either the whole payload or only the verdict of its checksum, computed over a
+small reused buffer. So a reader can walk a file of any size without holding its bytes. It is
+stricter than :func:`scan`: anything but a clean end or a torn last frame raises, and the
+caller falls back to :func:`scan` over the whole file, which tells a torn tail of zeros from
+damage.
+
+This module knows nothing of paths, locks or msgpack.
 """
 
 from __future__ import annotations
@@ -25,11 +33,21 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from .._errors import CorruptLogError
 
-__all__ = ["FILE_MAGIC", "FRAME_HEADER_SIZE", "MAX_FRAME", "Frame", "Scan", "encode_frame", "scan"]
+__all__ = [
+    "FILE_MAGIC",
+    "FRAME_HEADER_SIZE",
+    "MAX_FRAME",
+    "Frame",
+    "FrameStart",
+    "FrameStream",
+    "Scan",
+    "encode_frame",
+    "scan",
+]
 
 FILE_MAGIC: Final = b"EVENTPROXY-LOG\x00\x01"
 _HEADER: Final = struct.Struct(">III")
@@ -91,3 +109,84 @@ def scan(buf: bytes | memoryview, start: int) -> Scan:
         frames.append(Frame(pos, payload))
         pos = end
     return Scan(frames, pos, 0)
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FrameStart:
+    """A frame's header and its first bytes (the whole payload if it is that short)."""
+
+    offset: int
+    length: int
+    payload_crc: int
+    prefix: bytes
+
+
+_CHUNK: Final = 16384  # the buffer a skipped payload's checksum is computed through
+
+
+class FrameStream:
+    """Frames from ``file``, positioned at byte ``offset``: call :meth:`next_frame`, then
+    :meth:`finish` on what it returned, and so on. :attr:`offset` is the end of the last
+    frame finished (the valid end so far)."""
+
+    def __init__(self, file: Readable, offset: int, *, prefix: int = 512) -> None:
+        self.file = file
+        self.offset = offset
+        self.prefix = prefix
+        self._buffer: memoryview | None = None
+
+    def next_frame(self) -> FrameStart | None:
+        """The next frame's start; None at the end of the file or a torn last frame."""
+        header = self.file.read(FRAME_HEADER_SIZE)
+        if len(header) < FRAME_HEADER_SIZE:
+            return None
+        length, payload_crc, header_crc = _HEADER.unpack(header)
+        if zlib.crc32(header[:8]) != header_crc:
+            raise CorruptLogError(
+                f"frame header at byte offset {self.offset} fails its checksum",
+                offset=self.offset,
+            )
+        if length > MAX_FRAME:
+            raise CorruptLogError(
+                f"frame at byte offset {self.offset} claims {length} bytes (limit {MAX_FRAME})",
+                offset=self.offset,
+            )
+        prefix = self.file.read(min(length, self.prefix))
+        if len(prefix) < min(length, self.prefix):
+            return None
+        return FrameStart(self.offset, length, payload_crc, prefix)
+
+    def finish(self, start: FrameStart, *, keep: bool) -> Frame | None:
+        """Read the rest of ``start``'s payload and check it: the frame with its whole payload
+        (``keep``) or with only its first bytes; None if the file ends inside it (torn)."""
+        missing = start.length - len(start.prefix)
+        if keep:
+            rest = self.file.read(missing) if missing else b""
+            if len(rest) < missing:
+                return None
+            payload = start.prefix + rest
+            crc = zlib.crc32(payload)
+        else:
+            payload, crc = start.prefix, zlib.crc32(start.prefix)
+            if self._buffer is None:
+                self._buffer = memoryview(bytearray(_CHUNK))
+            while missing:
+                n = self.file.readinto(self._buffer[: min(missing, _CHUNK)])
+                if not n:
+                    return None
+                crc = zlib.crc32(self._buffer[:n], crc)
+                missing -= n
+        if crc != start.payload_crc:
+            raise CorruptLogError(
+                f"frame at byte offset {start.offset} ({start.length} bytes) fails its payload "
+                "checksum",
+                offset=start.offset,
+            )
+        self.offset = start.offset + FRAME_HEADER_SIZE + start.length
+        return Frame(start.offset, payload)
