@@ -63,6 +63,18 @@ async def compact_all(writer: FileRouteLog) -> None:
     await writer.compact(retention=timedelta(0))
 
 
+async def reload_past_a_compaction(
+    writer: FileRouteLog, follower: FileRouteLog, changes: range, keep: int
+) -> None:
+    """The writer appends ``changes`` (the follower looks), then compacts keeping ``keep``
+    records, and the follower reloads (leaving the new snapshot encoded)."""
+    for i in changes:
+        await writer.append(change(i))
+    await follower.head()
+    await compact_some(writer, keep)
+    await follower.head()
+
+
 async def compact_some(writer: FileRouteLog, keep: int) -> None:
     """Fold all but the newest ``keep`` records (auto compaction's shape)."""
     async with writer._writer_lock():
@@ -150,11 +162,7 @@ async def test_a_snapshot_left_in_the_file_is_read_from_the_file_the_follower_re
     writer = await FileRouteLog.open(path)
     follower = await FileRouteLog.open(path, readonly=True)
     try:
-        for i in range(10):
-            await writer.append(change(i))
-        await follower.head()
-        await compact_some(writer, 6)
-        await follower.head()  # the reload: snapshot at seq 14, left encoded
+        await reload_past_a_compaction(writer, follower, range(10), 6)  # snapshot at seq 14
         assert follower._lazy_snapshot is not None
         expected = (await fresh_state(path))[3]
         await writer.append(change(10))
@@ -163,10 +171,7 @@ async def test_a_snapshot_left_in_the_file_is_read_from_the_file_the_follower_re
         assert snapshot is not None and (snapshot.seq, snapshot.table) == expected
         assert await state_of(follower) == await fresh_state(path)  # and then it moves on
 
-        await writer.append(change(11))
-        await follower.head()
-        await compact_some(writer, 1)
-        await follower.head()
+        await reload_past_a_compaction(writer, follower, range(11, 12), 1)
         assert follower._lazy_snapshot is not None
         data = bytearray(path.read_bytes())
         data[len(data) // 4] ^= 0x01  # inside the snapshot frame, in place (same inode)
@@ -184,11 +189,7 @@ async def test_a_closed_follower_does_not_read_its_encoded_snapshot(tmp_path: Pa
     writer = await FileRouteLog.open(path)
     follower = await FileRouteLog.open(path, readonly=True)
     try:
-        for i in range(4):
-            await writer.append(change(i))
-        await follower.head()
-        await compact_some(writer, 2)
-        await follower.head()
+        await reload_past_a_compaction(writer, follower, range(4), 2)
         assert follower._lazy_snapshot is not None
         await follower.aclose()
         with pytest.raises(LogClosedError):
