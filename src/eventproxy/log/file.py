@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 The file is the 16-byte header plus frames (see :mod:`._framing`): at most one snapshot frame
-first (after a compaction), then one frame per appended batch. The whole log is also kept in
+first (after a compaction), then the records it kept in frames of at most ``_FRAME_RECORDS``,
+then one frame per appended batch. The whole log is also kept in
 memory (it is the routing table's history; compaction bounds it).
 
 * **One writer.** A writer holds an exclusive ``flock`` on ``<path>.lock`` (which records its
