@@ -74,6 +74,13 @@ def test_analyse_separates_settling_from_a_trend_and_fds_by_kind() -> None:
     assert report["fd_kinds"]["client"]["slope_per_min"] == -1.0
     leaking = analyse([point(t, 10.0 + t, 256, 64) for t in range(10)], Params(warm_up=0))
     assert leaking["rss_mb"]["second_half"] == {"slope_per_min": 1.0, "r2": 1.0}
+    # the full run's shape: slopes over the minutes after a loaded warm-up, the fit from the
+    # first minute (settling included) beside them
+    steady = analyse(settling, Params(warm_up=300, settle_from=60))
+    assert steady["rss_mb"]["slope_per_min"] == 0.0
+    assert steady["rss_mb"]["from_first_minute"]["slope_per_min"] > 0.3
+    still_leaking = analyse([point(t, 10.0 + t, 256, 64) for t in range(10)], Params(warm_up=300))
+    assert still_leaking["rss_mb"]["slope_per_min"] == 1.0
     assert second_half([(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]) == [(1.0, 2.0), (2.0, 3.0)]
 
 
