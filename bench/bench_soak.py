@@ -67,7 +67,7 @@ NOFILE = 1024  # the soft limit the eventproxy processes run under
 @dataclass
 class Params:
     # 20 minutes of load; the slopes are fitted over the last 10 (the steady state). The
-    # node's RSS keeps settling for about its first 10 minutes of traffic (+1.5 MB, in ever
+    # node's RSS keeps settling for about its first 8 minutes of traffic (+1.5 MB, in ever
     # smaller steps; 25 minutes of the node alone: +0.015 MB/min after the first minute,
     # +0.003 over the second half), so a slope from minute 1 mixes settling with any leak. A
     # leak keeps its slope in the last 10 minutes; "from_first_minute" is reported beside it.
@@ -360,8 +360,8 @@ def analyse(samples: list[dict[str, Any]], params: Params) -> dict[str, Any]:
     cool = [s for s in good if s["phase"] == "cool-down"]
     load = [s for s in good if s["phase"] == "load"]
 
-    def series(key: str) -> list[tuple[float, float]]:
-        return [(s["t"] / 60, float(s[key])) for s in loaded if key in s]
+    def series(key: str, among: list[dict[str, Any]] = loaded) -> list[tuple[float, float]]:
+        return [(s["t"] / 60, float(s[key])) for s in among if key in s]
 
     def kind_series(kind: str) -> list[tuple[float, float]]:
         return [(s["t"] / 60, float(s["fd_kinds"].get(kind, 0))) for s in loaded if "fd_kinds" in s]
@@ -379,7 +379,7 @@ def analyse(samples: list[dict[str, Any]], params: Params) -> dict[str, Any]:
             # a leak keeps its slope; memory settling (allocator pools reaching the working
             # set's peak) has most of its rise early and a flat second half
             "second_half": fit(second_half(series("rss_mb"))),
-            "from_first_minute": fit([(s["t"] / 60, float(s["rss_mb"])) for s in settling]),
+            "from_first_minute": fit(series("rss_mb", settling)),
         },
         "fds": {
             "start": load[0]["fds"] if load else None,
@@ -387,7 +387,7 @@ def analyse(samples: list[dict[str, Any]], params: Params) -> dict[str, Any]:
             "max": max((s["fds"] for s in load), default=None),
             **fit(series("fds")),
             "second_half": fit(second_half(series("fds"))),
-            "from_first_minute": fit([(s["t"] / 60, float(s["fds"])) for s in settling]),
+            "from_first_minute": fit(series("fds", settling)),
         },
         # which descriptors a trend in "fds" is made of (backend and client sockets, files...)
         "fd_kinds": {
