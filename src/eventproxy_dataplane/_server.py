@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -68,9 +68,11 @@ def _servers(route: Route | None) -> frozenset[str]:
     return frozenset(s.url for s in route.service.servers) if route is not None else frozenset()
 
 
-async def _housekeeping(state: ProxyState) -> None:
-    """Connection deadlines and the backend pool's sweep, until cancelled."""
-    async with anyio.create_task_group() as tg:
+async def _housekeeping(state: ProxyState, turn: anyio.Lock) -> None:
+    """Connection deadlines and the backend pool's sweep, until cancelled: one of each per
+    plane, run by whichever proxy listener holds ``turn`` (the others wait, and one takes
+    over when it stops)."""
+    async with turn, anyio.create_task_group() as tg:
         tg.start_soon(watchdog, state)
         tg.start_soon(state.pool.maintain)
 
@@ -105,6 +107,8 @@ class DataPlane:
         # client connections of all proxy listeners together (see _limits)
         self.gate = ConnectionGate(limit)
         self._accept_errors = AcceptErrors()
+        self._listening = 0  # proxy listeners serving now (see _proxy_listener)
+        self._housekeeper: anyio.Lock | None = None
         # what the source reports for /health (applied_seq, source, ...); see report_status
         self._status: dict[str, Any] = {}
         self._status_changed: anyio.Event | None = None
@@ -324,22 +328,16 @@ class DataPlane:
         ssl_context: ssl.SSLContext | None,
         task_status: anyio.abc.TaskStatus[int],
     ) -> None:
-        state = self._state
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_housekeeping, state)
-                await serve_callback(
-                    state,
-                    self.gate,
-                    host,
-                    port,
-                    ssl_context=ssl_context,
-                    task_status=task_status,
-                    backlog=ACCEPT_BURST,
-                )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await state.pool.aclose()
+        async with self._proxy_listener():
+            await serve_callback(
+                self._state,
+                self.gate,
+                host,
+                port,
+                ssl_context=ssl_context,
+                task_status=task_status,
+                backlog=ACCEPT_BURST,
+            )
 
     async def serve_unix(
         self, path: str, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
@@ -367,8 +365,7 @@ class DataPlane:
                     gate.leave()
 
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_housekeeping, state)
+                async with self._proxy_listener():
                     if self.settings.io_edge == "auto":
                         await serve_callback(
                             state,
@@ -389,8 +386,6 @@ class DataPlane:
                             backlog=ACCEPT_BURST,
                         )
             finally:
-                with anyio.CancelScope(shield=True):
-                    await state.pool.aclose()
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             return
@@ -414,28 +409,54 @@ class DataPlane:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
+    @contextlib.asynccontextmanager
+    async def _proxy_listener(self) -> AsyncIterator[None]:
+        """Around one proxy listener's serving: the plane's housekeeping runs once however
+        many proxy listeners serve (and goes on while any does), and the backend pool is closed
+        when the last one stops. The admin listener takes no part: it neither proxies nor
+        owns the pool."""
+        if self._housekeeper is None:
+            self._housekeeper = anyio.Lock()
+        self._listening += 1
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_housekeeping, self._state, self._housekeeper)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._listening -= 1
+            if self._listening == 0:
+                with anyio.CancelScope(shield=True):
+                    await self._state.pool.aclose()
+
     async def _serve(
         self,
         listener: anyio.abc.Listener[Any],
         handle: Any,
         task_status: anyio.abc.TaskStatus[Any],
         started: object,
+        *,
+        proxy: bool = True,
     ) -> None:
         """Accept on every socket of ``listener`` (see ``_limits.accept_forever``: running out
-        of descriptors neither ends nor spins the loop) and run ``handle`` for each."""
+        of descriptors neither ends nor spins the loop) and run ``handle`` for each; a
+        ``proxy`` listener also keeps the plane's housekeeping going (:meth:`_proxy_listener`)."""
         sockets: list[Any] = (
             list(listener.listeners) if isinstance(listener, MultiListener) else [listener]
         )
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_housekeeping, self._state)
+            async with (
+                self._proxy_listener() if proxy else contextlib.nullcontext(),
+                anyio.create_task_group() as tg,
+            ):
                 task_status.started(started)
                 for one in sockets:
                     tg.start_soon(accept_forever, one, handle, tg, self._accept_errors)
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
-                await self._state.pool.aclose()
 
     async def serve_admin(
         self,
@@ -448,7 +469,7 @@ class DataPlane:
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
         bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
         logger.info("data plane admin listening on %s:%d", host, bound)
-        await self._serve(listener, self._admin_connection, task_status, bound)
+        await self._serve(listener, self._admin_connection, task_status, bound, proxy=False)
 
     async def _admin_connection(self, stream: anyio.abc.ByteStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)

@@ -9,8 +9,10 @@ import ipaddress
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -123,6 +125,89 @@ async def test_cancelling_serve_closes_listener_and_connections() -> None:
         await client.aclose()
         assert not port_accepts(port)
         outer.cancel_scope.cancel()
+
+
+class _Listener:
+    """One ``serve_*`` of a plane in its own cancel scope, so a test can stop it alone."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.ended = anyio.Event()
+
+    async def start(self, tg: anyio.abc.TaskGroup, serve: Any, *args: object) -> Any:
+        async def run(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
+            try:
+                with self.scope:
+                    await serve(*args, task_status=task_status)
+            finally:
+                self.ended.set()
+
+        return await tg.start(run)
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        with anyio.fail_after(5):
+            await self.ended.wait()
+
+
+async def test_the_plane_sweeps_once_however_many_listeners_and_the_last_closes_the_pool(
+    tmp_path: Path,
+) -> None:
+    """TCP, Unix and admin listeners on one plane: one pool sweep runs at a time (the admin
+    listener runs none); stopping a listener leaves the pool to the others, and a remaining
+    listener takes the sweep over; the pool is closed when the last proxy listener stops."""
+    sweeping = [0, 0]  # [running now, started in all]
+    async with anyio.create_task_group() as tg:
+        backend = HTTPBackend()
+        await tg.start(backend.serve)
+        settings = dataclasses.replace(_settings(), pool_idle_timeout=2.0)
+        plane = DataPlane(make_table({"r": ("PathPrefix(`/`)", [backend.url])}), settings)
+        maintain = plane.pool.maintain
+
+        async def counted() -> None:
+            sweeping[0] += 1
+            sweeping[1] += 1
+            try:
+                await maintain()
+            finally:
+                sweeping[0] -= 1
+
+        plane.pool.maintain = counted  # type: ignore[method-assign]
+        tcp, unix, admin = _Listener(), _Listener(), _Listener()
+        path = str(tmp_path / "proxy.sock")
+        port = await tcp.start(tg, plane.serve_tcp, "127.0.0.1", 0)
+        await admin.start(tg, plane.serve_admin, "127.0.0.1", 0)
+        await unix.start(tg, plane.serve_unix, path)
+        await anyio.wait_all_tasks_blocked()
+        assert sweeping == [1, 1]
+
+        async with await HTTPClient.connect(port) as client:
+            assert (await client.request("GET", "/one")).status == 200
+        assert plane.pool.idle_count == 1 and backend.open_connections == 1
+        await admin.stop()  # not a proxy listener: the pool and the sweep are untouched
+        assert sweeping == [1, 1]
+        async with await HTTPClient.connect(port) as client:
+            assert (await client.request("GET", "/two")).status == 200
+        assert plane.backend_connections_opened == 1  # the pooled connection was reused
+
+        await tcp.stop()  # it held the sweep: the Unix listener takes it over
+        await anyio.wait_all_tasks_blocked()
+        assert sweeping == [1, 2]
+        assert plane.pool.idle_count == 1 and backend.open_connections == 1  # not closed
+        with anyio.fail_after(10):  # the sweep now run by the Unix listener times it out
+            while plane.pool.closed["timeout"] == 0:  # noqa: ASYNC110 - polls a counter
+                await anyio.sleep(0.05)
+
+        async with HTTPClient(await anyio.connect_unix(path)) as client:
+            assert (await client.request("GET", "/three")).status == 200
+        assert plane.pool.idle_count == 1
+        await unix.stop()  # the last proxy listener: the pool is closed with it
+        assert sweeping == [0, 2]
+        assert plane.pool.idle_count == 0
+        with anyio.fail_after(5):
+            while backend.open_connections:  # noqa: ASYNC110 - polls a counter
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
 
 
 async def test_504_when_backend_does_not_accept_in_time() -> None:
