@@ -684,6 +684,13 @@ class EventProxy(Proxy, TraefikConfig):  # type: ignore[misc]  # JupyterHub is u
     def _table(self) -> RouteTable:
         return self._projection.table
 
+    @property
+    def traefik_plane(self) -> TraefikPlane | None:
+        """The traefik data plane (its projector, API clients and, with ``should_start``, the
+        managed traefik's files) while started with ``data_plane = "traefik"``; else None.
+        For reading: tools and tests use it to look at what traefik is given."""
+        return self._traefik
+
     # -- JupyterHub's proxy API ------------------------------------------------------------
 
     async def add_route(self, routespec: str, target: str, data: dict[str, Any]) -> None:

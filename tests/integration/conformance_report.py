@@ -129,7 +129,7 @@ def render(records: list[dict[str, Any]]) -> str:
         if outcome == "xfailed":
             reason = r["reason"].split(": ", 1)[-1]
             return f"documented difference {note(reason)}{detail}"
-        if outcome == "skipped":
+        if outcome in ("skipped", "not generated"):  # a lack declared at run time, or before
             return f"n/a ({_escape(r['reason'])})"
         if outcome == "xpassed":
             return "**XPASS**: the documented difference is gone; remove the marker"
@@ -137,7 +137,12 @@ def render(records: list[dict[str, Any]]) -> str:
 
     counts = {
         label: {
-            o: sum(1 for r in records if r["implementation"] == label and r["outcome"] == o)
+            o: sum(
+                1
+                for r in records
+                if r["implementation"] == label
+                and (r["outcome"] == o or (o == "skipped" and r["outcome"] == "not generated"))
+            )
             for o in ("passed", "xfailed", "skipped", "failed", "xpassed")
         }
         for label in labels

@@ -29,7 +29,21 @@ def _conformance_forget_memory_logs() -> Iterator[None]:
     forget_memory_logs()
 
 
-@pytest.fixture(params=["memory", "file"])
+def _in_process(log: str) -> object:
+    """A log backend, with what the in-process plane can never have: routes of its own that
+    are not JupyterHub's (it serves the route log's table and nothing else)."""
+    return pytest.param(
+        log,
+        marks=pytest.mark.conformance_lacks(
+            "foreign_routes",
+            label=f"eventproxy[{log}]",
+            reason="the in-process data plane serves the route log's table only: no route can "
+            "be added but through JupyterHub's API",
+        ),
+    )
+
+
+@pytest.fixture(params=[_in_process("memory"), _in_process("file")])
 def conformance_proxy_factory(
     request: pytest.FixtureRequest, tmp_path: Path, _conformance_forget_memory_logs: None
 ) -> ProxyFactory:

@@ -14,8 +14,12 @@ import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
+import tomli_w
 
+from eventproxy.projectors.file import atomic_write
 from eventproxy.testing import Capabilities, ProxyFactory, ProxyUnderTest, stub_app
 from eventproxy.testing.suite import *  # noqa: F403
 from support import LOOPBACK, free_port
@@ -43,6 +47,7 @@ def conformance_proxy_factory(request: pytest.FixtureRequest, tmp_path: Path) ->
     require_traefik()
     variant = str(request.param)
     extra: dict[str, object] = {}
+    etcd: Etcd | None = None
     if variant == "traefik-etcd":
         etcd: Etcd = request.getfixturevalue("conformance_traefik_etcd")
         extra = {"traefik_provider": "etcd", "traefik_etcd_url": etcd.url}
@@ -78,6 +83,43 @@ def conformance_proxy_factory(request: pytest.FixtureRequest, tmp_path: Path) ->
             current = await start()
             return current
 
+        async def add_foreign_route(routespec: str, target: str) -> None:
+            # Another application's router in the same traefik, beside eventproxy's: a file of
+            # its own in the managed traefik's dynamic directory, or its own keys under the
+            # root key. Returns once traefik has loaded it.
+            plane = current.traefik_plane
+            assert plane is not None and plane.layout is not None
+            path = routespec if routespec.startswith("/") else "/" + routespec.split("/", 1)[1]
+            name = "not-jupyterhub"
+            rule, priority = f"PathPrefix(`{path}`)", 2 * len(path)
+            if etcd is None:
+                doc = {
+                    "http": {
+                        "routers": {name: {"rule": rule, "service": name, "priority": priority}},
+                        "services": {name: {"loadBalancer": {"servers": [{"url": target}]}}},
+                    }
+                }
+                other_app = plane.layout.dynamic_dir / "other-app.toml"
+                atomic_write(other_app, tomli_w.dumps(doc).encode())
+                provider = "file"
+            else:
+                keys = {
+                    f"{root}/http/routers/{name}/rule": rule,
+                    f"{root}/http/routers/{name}/service": name,
+                    f"{root}/http/routers/{name}/priority": str(priority),
+                    f"{root}/http/services/{name}/loadBalancer/servers/0/url": target,
+                }
+                await anyio.to_thread.run_sync(etcd.put_many, keys)
+                provider = "etcd"
+            auth = (plane.api_username, plane.api_password)
+            async with httpx.AsyncClient(auth=auth, timeout=5) as client:
+                with anyio.fail_after(20):
+                    while True:
+                        url = f"{plane.api_urls[0]}/api/http/routers/{name}@{provider}"
+                        if (await client.get(url)).status_code == 200:
+                            return
+                        await anyio.sleep(0.05)
+
         try:
             yield ProxyUnderTest(
                 proxy=current,
@@ -87,6 +129,7 @@ def conformance_proxy_factory(request: pytest.FixtureRequest, tmp_path: Path) ->
                 capabilities=Capabilities(last_activity=True, host_routing=True, check_routes=True),
                 restart=restart,
                 persistent=True,
+                add_foreign_route=add_foreign_route,
             )
         finally:
             await current.stop()

@@ -34,12 +34,21 @@ Using it in a project
 
 Declaring what differs
 ----------------------
-``ProxyUnderTest.capabilities`` (:class:`Capabilities`) skips tests of what the implementation
-does not claim (``last_activity``, ``host_routing``, ``check_routes``); ``restart=None`` skips the
-persistence test, ``add_foreign_route=None`` the "only own routes" test. A behaviour that differs
-from the suite's expectation is *documented, not hidden*: ``known_differences`` (or the
-``proxy_difference`` marker inside the suite for implementations it knows) makes that test a
-strict xfail, so a fixed implementation is noticed (XPASS fails the run).
+A configuration that can never have one of the features some tests need (``foreign_routes``,
+``restart``, ``last_activity``, ``host_routing``, ``check_routes``) says so on its factory's
+parameter, and those tests are not generated for it (the report lists them as n/a)::
+
+    @pytest.fixture(params=["full", pytest.param("small", marks=pytest.mark.conformance_lacks(
+        "foreign_routes", label="my-proxy[small]", reason="serves JupyterHub's routes only"))])
+
+A lack known only at run time still skips: ``ProxyUnderTest.capabilities``
+(:class:`Capabilities`: ``last_activity``, ``host_routing``, ``check_routes``), ``restart=None``
+(the persistence test), ``add_foreign_route=None`` (the "only own routes" test).
+
+A behaviour that differs from the suite's expectation is *documented, not hidden*:
+``known_differences`` (or the ``proxy_difference`` marker inside the suite for implementations
+it knows) makes that test a strict xfail, so a fixed implementation is noticed (XPASS fails the
+run).
 
 Reports
 -------

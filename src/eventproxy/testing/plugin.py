@@ -8,6 +8,13 @@ for ``--conformance-report``.
   on one ``pytest.param`` case) turns it into a *strict* xfail for that implementation (or for
   ``implementation[variant]``): the difference is documented, and if it ever goes away the
   suite fails with XPASS so the marker gets removed.
+* ``@pytest.mark.conformance_needs("foreign_routes")`` on a suite test names a feature it needs
+  (``FEATURES``; tests using ``conformance_host_proxy`` need ``host_routing``). A project marks
+  the ``pytest.param`` of its factory fixture (or a test module) with
+  ``conformance_lacks("foreign_routes", label="my-proxy[v]", reason="...")`` for a configuration
+  that can never have it: those tests are then not generated (deselected, not skipped), and
+  the report lists them as not applicable with ``reason``. A lack declared only at run time
+  (``ProxyUnderTest.capabilities``, ``restart=None``, ``add_foreign_route=None``) still skips.
 * ``--conformance-report=PATH`` writes one JSON record per (test, implementation): outcome,
   reason, detail; ``tests/integration/conformance_report.py`` turns it into a Markdown table.
 """
@@ -31,6 +38,10 @@ __all__ = ["Backends", "conformance_key", "record_detail"]
 pytest.register_assert_rewrite("eventproxy.testing.suite")
 
 MARKER = "proxy_difference"
+NEEDS = "conformance_needs"
+LACKS = "conformance_lacks"
+#: what a suite test may need and a configuration may lack
+FEATURES = frozenset({"check_routes", "foreign_routes", "host_routing", "last_activity", "restart"})
 _label_key = pytest.StashKey[str]()
 _records_key = pytest.StashKey[list[dict[str, Any]]]()
 
@@ -51,7 +62,70 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{MARKER}(*implementations, reason): a documented difference of these proxy "
         "implementations (name or name[variant]); the test becomes a strict xfail for them",
     )
+    config.addinivalue_line(
+        "markers",
+        f"{NEEDS}(*features): a conformance test needing these features "
+        f"({', '.join(sorted(FEATURES))})",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{LACKS}(*features, label, reason): this configuration can never have these features; "
+        "the conformance tests needing them are not generated",
+    )
     config.stash[_records_key] = []
+
+
+# -- which tests a configuration cannot run --------------------------------------------------
+
+
+def _features(mark: pytest.Mark, where: str) -> set[str]:
+    unknown = sorted(str(f) for f in mark.args if f not in FEATURES)
+    if unknown or not mark.args:
+        raise pytest.UsageError(
+            f"{where}: @pytest.mark.{mark.name} names "
+            + (f"unknown feature(s) {unknown}" if unknown else "no feature")
+            + f"; the features are {sorted(FEATURES)}"
+        )
+    return {str(f) for f in mark.args}
+
+
+def _needs(item: pytest.Item) -> set[str]:
+    needs = set()
+    for mark in item.iter_markers(NEEDS):
+        needs |= _features(mark, item.nodeid)
+    if "conformance_host_proxy" in getattr(item, "fixturenames", ()):
+        needs.add("host_routing")
+    return needs
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the conformance tests needing a feature their configuration lacks."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        lacking = [m for m in item.iter_markers(LACKS) if _features(m, item.nodeid) & _needs(item)]
+        if not lacking:
+            kept.append(item)
+            continue
+        dropped.append(item)
+        mark = lacking[0]
+        label = mark.kwargs.get("label")
+        if label:
+            missing = sorted(_features(mark, item.nodeid) & _needs(item))
+            config.stash[_records_key].append(
+                {
+                    "test": conformance_key(item),
+                    "implementation": str(label),
+                    "outcome": "not generated",
+                    "reason": str(mark.kwargs.get("reason") or f"lacks {', '.join(missing)}"),
+                    "detail": "",
+                    "doc": _summary(item),
+                    "nodeid": item.nodeid,
+                }
+            )
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 # -- which tests are different for which implementation ------------------------------------
@@ -210,7 +284,6 @@ def pytest_runtest_makereport(
         return report
     if report.when == "call" or (report.when == "setup" and not report.passed):
         outcome, reason = _outcome(report)
-        doc = (getattr(item, "function", None) and item.function.__doc__) or ""  # type: ignore[attr-defined]
         item.config.stash[_records_key].append(
             {
                 "test": conformance_key(item),
@@ -220,11 +293,17 @@ def pytest_runtest_makereport(
                 "detail": "; ".join(
                     str(v) for k, v in report.user_properties if k == "conformance_detail"
                 ),
-                "doc": " ".join(doc.strip().split("\n\n")[0].split()),
+                "doc": _summary(item),
                 "nodeid": item.nodeid,
             }
         )
     return report
+
+
+def _summary(item: pytest.Item) -> str:
+    """The first paragraph of the test's docstring, on one line."""
+    doc = (getattr(item, "function", None) and item.function.__doc__) or ""  # type: ignore[attr-defined]
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

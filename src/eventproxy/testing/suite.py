@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -51,6 +51,16 @@ __all__ = [
 
 CHP = "configurable-http-proxy"
 proxy_difference = pytest.mark.proxy_difference
+needs = pytest.mark.conformance_needs
+
+
+def _lacks(put: ProxyUnderTest, feature: str, why: str) -> NoReturn:
+    """Skip: ``put`` says at run time that it lacks ``feature`` (a lack known in advance is
+    declared with ``conformance_lacks`` instead, and the test is not generated)."""
+    pytest.skip(
+        f"{put.label} {why} (mark its factory's param conformance_lacks({feature!r}) so that "
+        "this test is not generated)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +403,7 @@ def _user(name: str, host: str, *, server_name: str = "") -> Any:
     return SimpleNamespace(name=name, proxy_spec=spec, spawners={server_name: spawner})
 
 
+@needs("check_routes")
 async def test_check_routes(
     conformance_proxy: ProxyUnderTest,
     conformance_backends: Backends,
@@ -402,7 +413,7 @@ async def test_check_routes(
     stale route; a second run changes nothing."""
     put, proxy = conformance_proxy, conformance_proxy.proxy
     if not put.capabilities.check_routes:
-        pytest.skip(f"{put.label} declares check_routes not drivable with stand-ins")
+        _lacks(put, "check_routes", "declares check_routes not drivable with stand-ins")
     alice = await conformance_backends.start("alice")
     bob = await conformance_backends.start("bob")
     svc = await conformance_backends.start("svc")
@@ -661,6 +672,7 @@ async def test_add_route_does_not_mutate_data(
     assert data == {"user": "alice", "server_name": ""}
 
 
+@needs("foreign_routes")
 async def test_only_own_routes(
     conformance_proxy: ProxyUnderTest, conformance_backends: Backends
 ) -> None:
@@ -668,7 +680,7 @@ async def test_only_own_routes(
     proxy serves."""
     put, proxy = conformance_proxy, conformance_proxy.proxy
     if put.add_foreign_route is None:
-        pytest.skip(f"{put.label} has no routes other than JupyterHub's")
+        _lacks(put, "foreign_routes", "has no routes other than JupyterHub's")
     other = await conformance_backends.start("other")
     mine = await conformance_backends.start("mine")
     await put.add_foreign_route("/not-jupyterhub/", other.url)
@@ -679,6 +691,7 @@ async def test_only_own_routes(
     assert "/not-jupyterhub/" not in routes  # ...but it is not JupyterHub's
 
 
+@needs("restart")
 @proxy_difference(
     CHP,
     reason="routes live in the node process's memory only; after a restart JupyterHub "
@@ -693,7 +706,7 @@ async def test_persistence_across_restart(
     listed, with their data, and still served; check_routes then changes nothing."""
     put = conformance_proxy
     if put.restart is None:
-        pytest.skip(f"{put.label} declares no restart")
+        _lacks(put, "restart", "declares no restart")
     alice = await conformance_backends.start("alice")
     bob = await conformance_backends.start("bob")
     await put.proxy.add_route(put.proxy.app.hub.routespec, conformance_hub.url, {"hub": True})
@@ -736,6 +749,7 @@ async def test_target_without_port(
         assert await _backend_of(put, "/user/alice/lab") == "alice"
 
 
+@needs("last_activity")
 async def test_last_activity(
     conformance_proxy: ProxyUnderTest, conformance_backends: Backends
 ) -> None:
@@ -743,7 +757,7 @@ async def test_last_activity(
     request (JupyterHub's activity tracking and idle culling read it)."""
     put, proxy = conformance_proxy, conformance_proxy.proxy
     if not put.capabilities.last_activity:
-        pytest.skip(f"{put.label} declares no last_activity")
+        _lacks(put, "last_activity", "declares no last_activity")
     alice = await conformance_backends.start("alice")
     await proxy.add_route("/user/alice/", alice.url, {"user": "alice"})
     # Clocks are read at millisecond resolution on both sides; allow that much.
