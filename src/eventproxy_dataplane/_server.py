@@ -428,6 +428,7 @@ class DataPlane:
         finally:
             self._listening -= 1
             if self._listening == 0:
+                self._housekeeper = None  # a later serve may run on another event loop
                 with anyio.CancelScope(shield=True):
                     await self._state.pool.aclose()
 
