@@ -518,18 +518,46 @@ def results_stem(ctx: Any) -> str:
     return "soak-quick" if ctx.quick else "soak"
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def _run_and_write(params: Params, results_dir: Path, name: str) -> dict[str, Any]:
     import tempfile
 
-    params = Params.quick() if ctx.quick else Params()
     with tempfile.TemporaryDirectory() as tmp:
         results = asyncio.run(soak(Path(tmp), params))
-    name = results_stem(ctx)
-    (ctx.results_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (results_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     try:
         from bench._plot import plot_soak
 
-        results["plot"] = str(plot_soak(results, ctx.results_dir / f"{name}.png").name)
+        results["plot"] = str(plot_soak(results, results_dir / f"{name}.png").name)
     except ImportError as exc:  # nox -s bench installs matplotlib; a bare venv may not have it
         results["plot"] = f"not drawn: {exc}"
     return results
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    params = Params.quick() if ctx.quick else Params()
+    return _run_and_write(params, ctx.results_dir, results_stem(ctx))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One proxy's workload alone, for longer than the soak (not part of ``nox -s bench``):
+    ``python -m bench.bench_soak --alone node --minutes 40`` writes
+    ``bench/results/soak-node-alone.json`` and ``.png``, the slopes fitted over the second half
+    of the load."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_soak", description=main.__doc__)
+    parser.add_argument("--alone", choices=Params.targets, required=True)
+    parser.add_argument("--minutes", type=float, default=40.0)
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    if args.minutes < 2:
+        parser.error("--minutes: at least 2 (the slopes are fitted over the second half)")
+    seconds = 60 * args.minutes
+    params = Params(targets=(args.alone,), duration=seconds, warm_up=seconds / 2)
+    results = _run_and_write(params, args.results_dir, f"soak-{args.alone}-alone")
+    print(json.dumps({k: v for k, v in results["targets"][args.alone].items() if k != "samples"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
