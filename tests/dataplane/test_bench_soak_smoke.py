@@ -144,3 +144,18 @@ def test_soak_harness_against_configurable_http_proxy(tmp_path: Path) -> None:
     require_chp(install=True)
     params = Params(**TINY, targets=("chp",))  # type: ignore[arg-type]
     _check(asyncio.run(soak(tmp_path, params)), {"chp"})
+
+
+def test_alone_refuses_a_run_too_short_to_fit_or_an_unknown_proxy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.bench_soak import main
+
+    for argv, names in (
+        (["--alone", "node", "--minutes", "1"], "--minutes"),
+        (["--alone", "traefik"], "--alone"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert names in capsys.readouterr().err
