@@ -49,7 +49,7 @@ def conformance_proxy_factory(request: pytest.FixtureRequest, tmp_path: Path) ->
     extra: dict[str, object] = {}
     etcd: Etcd | None = None
     if variant == "traefik-etcd":
-        etcd: Etcd = request.getfixturevalue("conformance_traefik_etcd")
+        etcd = request.getfixturevalue("conformance_traefik_etcd")
         extra = {"traefik_provider": "etcd", "traefik_etcd_url": etcd.url}
 
     @contextlib.asynccontextmanager
