@@ -112,3 +112,45 @@ async def test_open_log_gives_a_writer_the_bound(tmp_path: Path) -> None:
 def test_auto_compact_must_be_a_usable_bound() -> None:
     with pytest.raises(ValueError, match="auto_compact must be at least 2"):
         FileRouteLog(Path("x.log"), readonly=False, fsync=False, poll_interval=1, auto_compact=1)
+
+
+async def test_compaction_spares_what_a_lagging_watcher_has_not_read(tmp_path: Path) -> None:
+    """A watcher that falls behind (its consumer busy) gets every record once it catches up:
+    automatic compaction folds only the records before its position (the contract test
+    ``test_a_slow_watcher_misses_nothing`` failed on the file log before: CompactedError)."""
+    async with await FileRouteLog.open(tmp_path / "r.log", auto_compact=16) as log:
+        watch = log.watch()
+        await log.append([RouteAdded("/user/a/", "http://127.0.0.1:1", {})])
+        first = await anext(watch)
+        assert first.seq == 1
+        for i in range(40):  # the watcher reads nothing meanwhile: 41 records, bound 16
+            await log.append([RouteAdded(f"/user/u{i}/", "http://127.0.0.1:1", {})])
+        assert log.first_available <= 2  # nothing it has yet to read was folded
+        got = [(await anext(watch)).seq for _ in range(40)]
+        assert got == list(range(2, 42))
+        await log.append([RouteAdded("/user/b/", "http://127.0.0.1:2", {})])
+        # caught up, it no longer holds the tail: the next append compacts as usual
+        assert log.first_available > 2
+        assert len(await log.read(log.first_available)) <= max(16, 2 * 42)
+        assert (await anext(watch)).seq == 42
+
+
+async def test_a_watcher_far_behind_does_not_hold_the_writers_memory(tmp_path: Path) -> None:
+    """A consumer that never reads cannot make the writer keep every record: past four bounds
+    the log compacts anyway and that watcher is told (CompactedError; EventProxy reloads)."""
+    from eventproxy import CompactedError
+
+    async with await FileRouteLog.open(tmp_path / "r.log", auto_compact=16) as log:
+        stuck = log.watch()
+        most = 0
+        for i in range(100):
+            await log.append([RouteAdded(f"/user/u{i % 8}/", f"http://127.0.0.1:{i + 1}", {})])
+            most = max(most, len(await log.read(log.first_available)))
+        assert 16 < most <= 4 * 16 + 1
+        with pytest.raises(CompactedError, match="compacted"):
+            await anext(stuck)
+        # a watcher that is dropped stops counting at once
+        del stuck
+        for i in range(20):
+            await log.append([RouteAdded(f"/user/u{i % 8}/", f"http://127.0.0.1:{i + 1}", {})])
+        assert len(await log.read(log.first_available)) <= 16

@@ -22,6 +22,10 @@ the last seq (0 for an empty log). Records before the snapshot may have been dro
   snapshot folds the oldest into a new one and keeps the newest half of that bound: memory and
   file stay proportional to the live routes (plus a bounded tail of recent history), and the
   cost of rewriting the snapshot is spread over at least as many appends as it has routes.
+  It spares the records a live watcher of the same log object has not read yet, so a consumer
+  that is briefly slow (a busy event loop) misses nothing; only a watcher more than
+  ``_WATCHER_SLACK`` bounds behind is left to :class:`CompactedError` (its consumer reloads the
+  table, as ``EventProxy`` does), so a stuck consumer cannot hold the writer's memory forever.
 
 Backends implement persistence hooks; this module keeps the state machine (and its checks) in
 one place.
@@ -33,6 +37,7 @@ import abc
 import bisect
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,6 +62,8 @@ __all__ = ["CompactionResult", "LocalRouteLog", "RouteLog", "encode_or_refuse", 
 
 logger = logging.getLogger("eventproxy")
 _READ_CHUNK = 1024
+# automatic compaction waits for a lagging watcher until this many times its bound are held
+_WATCHER_SLACK = 4
 _T = TypeVar("_T")
 # what msgpack raises for a value it cannot encode (a str with a lone surrogate is a
 # UnicodeEncodeError, a ValueError; an object mutated into route data after validation, TypeError)
@@ -191,12 +198,13 @@ class _Watch(AsyncIterator[Record]):
     cancellation) leaves nothing to finalise.
     """
 
-    __slots__ = ("_buffer", "_cursor", "_log")
+    __slots__ = ("__weakref__", "_buffer", "_cursor", "_log")
 
     def __init__(self, log: LocalRouteLog, cursor: int) -> None:
         self._log = log
         self._cursor = cursor
         self._buffer: list[Record] = []
+        log._watches.add(self)
 
     def __aiter__(self) -> _Watch:
         return self
@@ -243,6 +251,9 @@ class LocalRouteLog(RouteLog):
         # A batch whose append was interrupted (cancelled) while it was being persisted: it
         # may or may not be stored. The next writer settles it before choosing new seqs.
         self._in_doubt: list[Record] | None = None
+        # live watchers (weakly: one dropped mid-stream stops counting as soon as it is gone),
+        # whose positions automatic compaction spares
+        self._watches: weakref.WeakSet[_Watch] = weakref.WeakSet()
 
     # -- state helpers ---------------------------------------------------------------------
 
@@ -290,7 +301,18 @@ class LocalRouteLog(RouteLog):
         live = len(self._snapshot.table) if self._snapshot is not None else 0
         bound = max(self.auto_compact, 2 * live)
         held = len(self._records)
-        return held - bound // 2 if held > bound else 0
+        if held <= bound:
+            return 0
+        old = held - bound // 2
+        lagging = min((w._cursor for w in self._watches), default=None)
+        if lagging is not None and held <= _WATCHER_SLACK * bound:
+            # spare what a live watcher has yet to read: fold only the records before its
+            # cursor, and only once they are a quarter of the bound (a snapshot rewrite costs
+            # as much as the routes it holds, so it must stay spread over many appends)
+            readable = bisect.bisect_left(self._seqs, lagging)
+            if readable < old:
+                old = readable if readable >= max(bound // 4, 2) else 0
+        return old
 
     async def _fold_oldest(self, old: int) -> Snapshot:
         """Fold the ``old`` oldest records into a new snapshot and drop them (writer lock held)."""
