@@ -18,8 +18,8 @@ sockets than it uses:
   all; the oldest idle one is closed to make room;
 * idle timeout: a connection idle for ``pool_idle_timeout`` seconds is closed;
 * retirement: when no route sends to a server any more, the data plane calls ``retire``: its
-  idle connections are closed at once, and connections to it still in use are closed when they
-  come back instead of being pooled;
+  idle connections are closed at once, and connections to it still in use (or still being
+  opened) are closed when they come back instead of being pooled;
 * a backend that closed an idle connection (FIN, RST, or bytes nobody asked for) is noticed and
   the socket released, never left in CLOSE_WAIT: on the asyncio-protocol edge the protocol's
   ``eof_received``/``connection_lost`` closes it at once; on anyio streams (asyncio or trio)
@@ -251,8 +251,14 @@ class BackendPool:
         if found is not None:
             return found, True
         self._retired.discard(url)  # someone sends to it again
-        conn = await self.connect(url)
-        self._check_out(conn)
+        # in use from now on, not once connected: a retire while it connects is remembered
+        self._busy[url] = self._busy.get(url, 0) + 1
+        try:
+            conn = await self.connect(url)
+        except BaseException:
+            self._checked_in(url)
+            raise
+        self._check_out(conn, counted=True)
         return conn, False
 
     def acquire_idle(self, url: str) -> BackendConnection | None:
@@ -292,13 +298,15 @@ class BackendPool:
             if self._wake is not None:
                 self._wake.set()
 
-    def _check_out(self, conn: BackendConnection) -> None:
+    def _check_out(self, conn: BackendConnection, *, counted: bool = False) -> None:
+        """Mark ``conn`` in use (``counted``: its URL's busy count already includes it)."""
         watch = getattr(conn.stream, "watch_eof", None)
         if watch is not None:
             watch(None)
         conn.pool = self
-        url = conn.address.url
-        self._busy[url] = self._busy.get(url, 0) + 1
+        if not counted:
+            url = conn.address.url
+            self._busy[url] = self._busy.get(url, 0) + 1
 
     def _checked_in(self, url: str) -> None:
         n = self._busy.get(url, 0) - 1
