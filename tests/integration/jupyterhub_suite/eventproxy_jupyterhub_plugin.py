@@ -12,6 +12,11 @@ other than configurable-http-proxy as not-run xfails, each with the reason.
 ``EVENTPROXY_JH_SUITE_ETCD=HOST:PORT`` gives every MockHub an etcd route log (its own prefix)
 instead of a file log (with traefik: the etcd provider, its own root key).
 
+Every ``EventProxy.add_route`` / ``delete_route`` call is timed into ``proxy-calls.jsonl`` in
+``EVENTPROXY_JH_SUITE_LOG_DIR`` (one JSON line each: the test, the call, its seconds), so that a
+failed JupyterHub timing assertion can be told apart from a slow proxy (see
+``test_jupyterhub_proxy_tests``).
+
 With ``JUPYTERHUB_TEST_SUBDOMAIN_HOST`` (JupyterHub's switch for running its tests with host
 routing, e.g. ``http://localhost.jovyan.org:8000``), that host and every name under it resolve to
 127.0.0.1 inside this process, as the public DNS wildcard JupyterHub's CI relies on does: the
@@ -20,15 +25,23 @@ tests stay on loopback and need no DNS.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import os
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+#: The node id of the test running now (for the proxy-call record).
+_CURRENT_TEST = [""]
+#: Where each proxy call's duration is written (one JSON object per line).
+PROXY_CALLS = "proxy-calls.jsonl"
 
 #: JupyterHub test (node name) -> why it cannot pass with a proxy other than CHP.
 CANNOT_PASS: dict[str, str] = {
@@ -60,6 +73,13 @@ KNOWN_RACES: dict[str, str] = {
         "server alone takes ~9 s to start (measured: 'took 9.157 seconds to start'), the API "
         "answers 201 while the stop is still pending, and the server is not yet None. The "
         "proxy's part (add_user) is the mock"
+    ),
+    "test_spawn": (
+        "expects DELETE /users/wash/server to answer 204 within slow_stop_timeout (10 s): "
+        "JupyterHub sends SIGINT to the mock single-user server and polls for its exit with "
+        "a growing backoff; in one CI run (2 cores, both modes at once) it answered 202. The "
+        "proxy's part is one delete_route, timed in proxy-calls.jsonl (every route call of a "
+        "local run of all three modules: at most 0.033 s)"
     ),
 }
 
@@ -129,6 +149,40 @@ def pytest_configure(config: pytest.Config) -> None:
             self.config.EventProxy.data_plane = plane
 
     MockHub.__init__ = __init__
+    _time_proxy_calls(log_dir / PROXY_CALLS)
+
+
+def _time_proxy_calls(record: Path) -> None:
+    """Wrap EventProxy's route calls to write each one's duration to ``record``."""
+    from eventproxy import EventProxy
+
+    def timed(name: str) -> None:
+        call = getattr(EventProxy, name)
+
+        @functools.wraps(call)
+        async def wrapper(self: Any, routespec: str, *args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return await call(self, routespec, *args, **kwargs)
+            finally:
+                line = {
+                    "test": _CURRENT_TEST[0],
+                    "call": name,
+                    "routespec": routespec,
+                    "seconds": round(time.monotonic() - started, 4),
+                }
+                with open(record, "a", encoding="utf-8") as out:
+                    out.write(json.dumps(line) + "\n")
+
+        setattr(EventProxy, name, wrapper)
+
+    for name in ("add_route", "delete_route"):
+        timed(name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _CURRENT_TEST[0] = item.nodeid
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
