@@ -193,6 +193,15 @@ class BackendConnection:
         await anyio.aclose_forcefully(self.stream)
 
 
+async def _close_all(conns: Iterable[BackendConnection]) -> None:
+    """Close every one of ``conns``, even when cancelled: each close is quick, and a
+    cancellation that stopped the loop half-way (a plane shutting down mid-sweep) would leave
+    the rest open, their sockets unowned until garbage collected."""
+    with anyio.CancelScope(shield=True):
+        for conn in conns:
+            await anyio.aclose_forcefully(conn.stream)
+
+
 def _close_now(conn: BackendConnection) -> bool:
     """Close ``conn`` without awaiting if its stream can (the asyncio-protocol edge)."""
     close = getattr(conn.stream, "close_now", None)
@@ -246,8 +255,7 @@ class BackendPool:
         """A connection to ``url``: an idle pooled one (``True``) or a new one (``False``)."""
         stale: list[BackendConnection] = []
         found = self._take_idle(url, stale.append)
-        for conn in stale:
-            await anyio.aclose_forcefully(conn.stream)
+        await _close_all(stale)
         if found is not None:
             return found, True
         self._retired.discard(url)  # someone sends to it again
@@ -428,8 +436,7 @@ class BackendPool:
         if self._order:
             self._poll_idle()
         closing, self._closing = self._closing, []
-        for conn in closing:
-            await anyio.aclose_forcefully(conn.stream)
+        await _close_all(closing)
 
     def _poll_idle(self) -> None:
         """One ``poll(0)`` over the idle sockets the protocol edge does not watch itself."""
@@ -472,8 +479,7 @@ class BackendPool:
         """Close every idle connection."""
         idle, self._idle, self._order = self._order, {}, {}
         closing, self._closing = self._closing, []
-        for conn in [*idle, *closing]:
-            await anyio.aclose_forcefully(conn.stream)
+        await _close_all([*idle, *closing])
 
 
 @dataclass(frozen=True, slots=True)
