@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 from collections.abc import Iterator
 
@@ -49,12 +48,3 @@ def io_edge(request: pytest.FixtureRequest, anyio_backend: object) -> Iterator[s
     backends.PROXY_PARSER[0] = parser
     yield edge
     backends.PROXY_IO_EDGE[0], backends.PROXY_PARSER[0] = previous
-
-
-@pytest.fixture(autouse=True)
-def _collect_what_the_test_left() -> Iterator[None]:
-    """A full garbage collection after each test: a socket or transport it left unclosed is
-    reported (ResourceWarning, an error here) in the teardown of the test that left it, not in
-    whichever later test the collector happens to run in."""
-    yield
-    gc.collect()

@@ -79,7 +79,7 @@ KNOWN_RACES: dict[str, str] = {
         "JupyterHub sends SIGINT to the mock single-user server and polls for its exit with "
         "a growing backoff; in one CI run (2 cores, both modes at once) it answered 202. The "
         "proxy's part is one delete_route, timed in proxy-calls.jsonl (every route call of a "
-        "local run of all three modules: at most 0.033 s)"
+        "local run of all three modules: at most 0.032 s)"
     ),
 }
 
