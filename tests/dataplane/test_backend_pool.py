@@ -121,7 +121,7 @@ async def test_a_connection_in_use_when_its_route_goes_is_closed_not_pooled() ->
 async def test_a_server_retired_while_a_connection_to_it_opens_is_not_pooled() -> None:
     """The route goes while the proxy is still connecting to its server: that connection too
     is closed when it comes back. The pool used to count a connection in use only once
-    connected, and pooled this one (a flaky CI failure of the test above, on a slow run)."""
+    connected, and pooled this one (the test above failed so, now and then, on a slow run)."""
     settings = dataclasses.replace(
         ProxySettings(), io_edge=PROXY_IO_EDGE[0], parser=PROXY_PARSER[0]
     )
