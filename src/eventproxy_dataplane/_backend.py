@@ -266,7 +266,7 @@ class BackendPool:
         except BaseException:
             self._checked_in(url)
             raise
-        self._check_out(conn, counted=True)
+        conn.pool = self  # new: no EOF watch to stop, and already counted busy
         return conn, False
 
     def acquire_idle(self, url: str) -> BackendConnection | None:
@@ -306,15 +306,13 @@ class BackendPool:
             if self._wake is not None:
                 self._wake.set()
 
-    def _check_out(self, conn: BackendConnection, *, counted: bool = False) -> None:
-        """Mark ``conn`` in use (``counted``: its URL's busy count already includes it)."""
+    def _check_out(self, conn: BackendConnection) -> None:
         watch = getattr(conn.stream, "watch_eof", None)
         if watch is not None:
             watch(None)
         conn.pool = self
-        if not counted:
-            url = conn.address.url
-            self._busy[url] = self._busy.get(url, 0) + 1
+        url = conn.address.url
+        self._busy[url] = self._busy.get(url, 0) + 1
 
     def _checked_in(self, url: str) -> None:
         n = self._busy.get(url, 0) - 1

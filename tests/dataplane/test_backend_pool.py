@@ -118,13 +118,26 @@ async def test_a_connection_in_use_when_its_route_goes_is_closed_not_pooled() ->
         tg.cancel_scope.cancel()
 
 
+def _edge_settings() -> ProxySettings:
+    """Default settings on the I/O edge and parser this test runs with (for a bare pool)."""
+    return dataclasses.replace(ProxySettings(), io_edge=PROXY_IO_EDGE[0], parser=PROXY_PARSER[0])
+
+
+async def _clean_get(conn: BackendConnection) -> None:
+    """One ``GET /`` on ``conn``, its response read whole: the exchange a pool may reuse."""
+    conn.start(b"GET")
+    await conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with anyio.fail_after(LIMIT):
+        while not isinstance(await conn.next_event(), EndOfMessage):
+            pass
+    conn.response_done = True
+
+
 async def test_a_server_retired_while_a_connection_to_it_opens_is_not_pooled() -> None:
     """The route goes while the proxy is still connecting to its server: that connection too
     is closed when it comes back. The pool used to count a connection in use only once
     connected, and pooled this one (the test above failed so, now and then, on a slow run)."""
-    settings = dataclasses.replace(
-        ProxySettings(), io_edge=PROXY_IO_EDGE[0], parser=PROXY_PARSER[0]
-    )
+    settings = _edge_settings()
     backend = HTTPBackend()
     async with anyio.create_task_group() as tg:
         await tg.start(backend.serve)
@@ -143,14 +156,8 @@ async def test_a_server_retired_while_a_connection_to_it_opens_is_not_pooled() -
             pool.retire([backend.url])
             await until(lambda: bool(got), "connected")
             assert pool.checked_out == 1
-            conn = got[0]  # a clean exchange: were its server not retired, it would be pooled
-            conn.start(b"GET")
-            await conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            with anyio.fail_after(LIMIT):
-                while not isinstance(await conn.next_event(), EndOfMessage):
-                    pass
-            conn.response_done = True
-            await pool.release(conn)
+            await _clean_get(got[0])  # were its server not retired, it would be pooled
+            await pool.release(got[0])
             assert pool.idle_count == 0 and pool.checked_out == 0
             await until(lambda: backend.open_connections == 0, "closed when it came back")
         finally:  # nothing left open for a later test's garbage collection
@@ -164,12 +171,7 @@ async def _pooled(pool: BackendPool, url: str, n: int) -> None:
     """Open ``n`` connections to ``url`` at once, one clean GET on each, and pool them all."""
     conns = [(await pool.acquire(url))[0] for _ in range(n)]
     for conn in conns:
-        conn.start(b"GET")
-        await conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        with anyio.fail_after(LIMIT):
-            while not isinstance(await conn.next_event(), EndOfMessage):
-                pass
-        conn.response_done = True
+        await _clean_get(conn)
     for conn in conns:
         await pool.release(conn)
     assert pool.idle_count == n
@@ -181,9 +183,7 @@ async def test_a_cancelled_close_still_closes_every_connection(closing: str) -> 
     shutdown or in the sweep after a retire: every socket is still closed, none is left for the
     garbage collector (on trio the first close's checkpoint raised Cancelled and the rest were
     dropped open: a CI run reported 22 unclosed sockets in a later test)."""
-    settings = dataclasses.replace(
-        ProxySettings(), io_edge=PROXY_IO_EDGE[0], parser=PROXY_PARSER[0]
-    )
+    settings = _edge_settings()
     backend = HTTPBackend()
     async with anyio.create_task_group() as tg:
         await tg.start(backend.serve)

@@ -88,16 +88,21 @@ def _slowest(calls: list[dict[str, object]]) -> str:
     return f"{call['call']}({call['routespec']!r}) {call['seconds']} s in {call['test']}"
 
 
+def _test_name(test: str) -> str:
+    """A test's function name, from a node id or a junit name (``mod::test_x[param]``)."""
+    return test.rsplit("::", 1)[-1].split("[", 1)[0]
+
+
 def _rerun_known_races(
     results: list[Result], mode: str, workdir: Path, calls: list[dict[str, object]]
 ) -> tuple[list[Result], str] | None:
     """If every failure is one of KNOWN_RACES (JupyterHub's own timing races), run those tests
     again, alone, once: (the results with the re-run's in their place, a note); else None."""
     failed = [r for r in results if r.outcome in ("failed", "error")]
-    names = sorted({r.test.rsplit("::", 1)[-1].split("[", 1)[0] for r in failed})
+    names = sorted({_test_name(r.test) for r in failed})
     if not failed or not all(name in KNOWN_RACES for name in names):
         return None
-    in_failed = [c for c in calls if str(c["test"]).rsplit("::", 1)[-1].split("[")[0] in names]
+    in_failed = [c for c in calls if _test_name(str(c["test"])) in names]
     modules = tuple(sorted({r.test.split("::", 1)[0] for r in failed}))
     code, output, again = start(
         modules, workdir=workdir, subdomain_host=MODES[mode], select=" or ".join(names)
